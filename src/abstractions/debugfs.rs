@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! debugfs directories of read-only 64-bit counters.
+
+use core::sync::atomic::AtomicU64;
+use kernel::{bindings, str::CStr, sync::Arc};
+
+/// A top-level debugfs directory, removed (with everything below it) on drop.
+///
+/// # Invariants
+///
+/// `dentry` is what `debugfs_create_dir` returned: a directory, or an error pointer when debugfs
+/// is unavailable, which every debugfs function accepts and ignores.
+pub(crate) struct Dir {
+    dentry: *mut bindings::dentry,
+}
+
+// SAFETY: debugfs functions may be called from any thread.
+unsafe impl Send for Dir {}
+// SAFETY: `Dir` has no methods that mutate through a shared reference.
+unsafe impl Sync for Dir {}
+
+impl Dir {
+    /// Creates `name` at the root of debugfs.
+    pub(crate) fn new(name: &CStr) -> Self {
+        // SAFETY: `name` is a valid C string; a null parent means the debugfs root.
+        let dentry = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), core::ptr::null_mut()) };
+        Self { dentry }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant `dentry` came from `debugfs_create_dir`.
+        unsafe { bindings::debugfs_remove(self.dentry) };
+    }
+}
+
+/// Whether `ptr` is an error pointer (`IS_ERR`).
+fn is_err<T>(ptr: *mut T) -> bool {
+    ptr as usize >= (-4095isize) as usize
+}
+
+/// A counter exposed in a [`CounterDir`]: its file name and how to find it in the counters.
+pub(crate) type Counter<C> = (&'static CStr, fn(&C) -> &AtomicU64);
+
+/// A debugfs directory of read-only files, one for each counter of a shared `C`.
+///
+/// # Invariants
+///
+/// `dentry` is what `debugfs_create_dir` returned. Its files point into `counters`, which lives
+/// at least until the directory is removed in `drop`.
+pub(crate) struct CounterDir<C: Send + Sync + 'static> {
+    dentry: *mut bindings::dentry,
+    counters: Arc<C>,
+}
+
+// SAFETY: The files only read `counters`, which is `Sync`; debugfs calls work from any thread.
+unsafe impl<C: Send + Sync> Send for CounterDir<C> {}
+// SAFETY: As above.
+unsafe impl<C: Send + Sync> Sync for CounterDir<C> {}
+
+impl<C: Send + Sync + 'static> CounterDir<C> {
+    /// Creates `name` below the top-level debugfs directory `parent` (created by a [`Dir`]), with
+    /// one file for each of `fields`.
+    pub(crate) fn new(parent: &CStr, name: &CStr, counters: Arc<C>, fields: &[Counter<C>]) -> Self {
+        // SAFETY: `parent` is a valid C string; a null parent means the debugfs root. The result
+        // is a referenced dentry, null or an error pointer.
+        let up = unsafe { bindings::debugfs_lookup(parent.as_char_ptr(), core::ptr::null_mut()) };
+        // SAFETY: `name` is a valid C string and `up` is a directory, null (root) or an error
+        // pointer (which makes this return an error pointer).
+        let dentry = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), up) };
+        if !up.is_null() && !is_err(up) {
+            // SAFETY: `debugfs_lookup` returned a referenced dentry; the new directory holds its
+            // own reference to its parent.
+            unsafe { bindings::dput(up) };
+        }
+        for (file, get) in fields {
+            let value: &AtomicU64 = get(&counters);
+            // SAFETY: `file` is a valid C string, `dentry` a directory or an error pointer, and
+            // the value lives in `counters`, kept alive until the directory is removed. Readers
+            // only load the aligned 64-bit value.
+            unsafe {
+                bindings::debugfs_create_u64(file.as_char_ptr(), 0o444, dentry, value.as_ptr())
+            };
+        }
+        Self { dentry, counters }
+    }
+
+    /// The counters behind the files.
+    pub(crate) fn counters(&self) -> &Arc<C> {
+        &self.counters
+    }
+}
+
+impl<C: Send + Sync + 'static> Drop for CounterDir<C> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant `dentry` came from `debugfs_create_dir`; removing it
+        // removes its files before `counters` can be released.
+        unsafe { bindings::debugfs_remove(self.dentry) };
+    }
+}

@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The counters a balloon device shows in debugfs.
+
+use crate::abstractions::debugfs::Counter;
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::c_str;
+
+/// Counters of one balloon device, each a file in its debugfs directory.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Pages in the balloon.
+    pub(crate) pages: AtomicU64,
+    /// The last target the host set, in pages.
+    pub(crate) target: AtomicU64,
+    /// Pages taken into the balloon since probe.
+    pub(crate) inflated: AtomicU64,
+    /// Pages given back since probe.
+    pub(crate) deflated: AtomicU64,
+    /// Descriptors sent on the inflate queue.
+    pub(crate) inflate_descs: AtomicU64,
+    /// Descriptors sent on the deflate queue.
+    pub(crate) deflate_descs: AtomicU64,
+    /// Notifications sent to the host.
+    pub(crate) kicks: AtomicU64,
+    /// Time spent allocating balloon pages, in nanoseconds.
+    pub(crate) alloc_ns: AtomicU64,
+    /// Time spent waiting for the host to use buffers, in nanoseconds.
+    pub(crate) host_wait_ns: AtomicU64,
+    /// Page allocations that failed.
+    pub(crate) alloc_failures: AtomicU64,
+    /// Config change notifications.
+    pub(crate) config_changes: AtomicU64,
+    /// Values from the host that failed a check.
+    pub(crate) host_errors: AtomicU64,
+}
+
+impl Counters {
+    /// The files of the debugfs directory.
+    pub(crate) const FILES: &'static [Counter<Counters>] = &[
+        (c_str!("pages"), |c| &c.pages),
+        (c_str!("target"), |c| &c.target),
+        (c_str!("inflated"), |c| &c.inflated),
+        (c_str!("deflated"), |c| &c.deflated),
+        (c_str!("inflate_descs"), |c| &c.inflate_descs),
+        (c_str!("deflate_descs"), |c| &c.deflate_descs),
+        (c_str!("kicks"), |c| &c.kicks),
+        (c_str!("alloc_ns"), |c| &c.alloc_ns),
+        (c_str!("host_wait_ns"), |c| &c.host_wait_ns),
+        (c_str!("alloc_failures"), |c| &c.alloc_failures),
+        (c_str!("config_changes"), |c| &c.config_changes),
+        (c_str!("host_errors"), |c| &c.host_errors),
+    ];
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Sets a counter.
+pub(crate) fn set(counter: &AtomicU64, n: u64) {
+    counter.store(n, Ordering::Relaxed);
+}

@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Feature bits of the virtio balloon device (virtio spec 5.5.3) that the driver negotiates.
+
+/// The host must be told before a page leaves the balloon.
+pub(crate) const MUST_TELL_HOST: u32 = 0;
+
+/// Transport feature: the device uses the platform DMA API (never negotiated by a balloon, which
+/// reports guest-physical frame numbers).
+pub(crate) const ACCESS_PLATFORM: u32 = 33;
+
+/// Virtio device id of the memory balloon.
+pub(crate) const DEVICE_ID_BALLOON: u32 = 5;

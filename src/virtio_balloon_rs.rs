@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! virtio-balloon-rs: a virtio memory balloon driver in Rust.
+//!
+//! Binds the virtio balloon device (`VIRTIO_ID_BALLOON`) in place of
+//! `drivers/virtio/virtio_balloon.c` and follows the host's target by inflating and deflating.
+//!
+//! Layers, with dependencies pointing one way:
+//! - [`balloon`]: the driver's logic, safe Rust only;
+//! - [`abstractions`]: safe wrappers over the C API, where every `unsafe` lives;
+//! - [`proto`]: wire formats, with no kernel dependency (also built and tested on the host).
+
+mod abstractions;
+mod balloon;
+mod proto;
+
+use abstractions::{debugfs::Dir, virtio::Registration};
+use balloon::BalloonDriver;
+use kernel::prelude::*;
+
+module! {
+    type: VirtioBalloonRs,
+    name: "virtio_balloon_rs",
+    author: "virtio-balloon-rs developers",
+    description: "Virtio memory balloon driver in Rust",
+    license: "GPL",
+}
+
+struct VirtioBalloonRs {
+    // Field order is drop order: devices (and their debugfs directories) go before the top-level
+    // directory.
+    _driver: Pin<KBox<Registration<BalloonDriver>>>,
+    _debugfs: Dir,
+}
+
+impl kernel::Module for VirtioBalloonRs {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let debugfs = Dir::new(balloon::DEBUGFS_DIR);
+        let driver = Registration::new(module)?;
+        Ok(Self {
+            _driver: driver,
+            _debugfs: debugfs,
+        })
+    }
+}
