@@ -33,7 +33,13 @@ fn pfn_above_32_bits_is_refused() {
 fn target_is_clamped_to_guest_memory() {
     assert_eq!(Target::check(10, 100), Target::Valid(10));
     assert_eq!(Target::check(100, 100), Target::Valid(100));
-    assert_eq!(Target::check(101, 100), Target::Clamped { asked: 101, limit: 100 });
+    assert_eq!(
+        Target::check(101, 100),
+        Target::Clamped {
+            asked: 101,
+            limit: 100
+        }
+    );
     assert_eq!(Target::check(u32::MAX, 1 << 40), Target::Valid(u32::MAX));
     assert_eq!(Target::check(7, 0).pages(), 0);
 }

@@ -24,7 +24,8 @@ impl Dir {
     /// Creates `name` at the root of debugfs.
     pub(crate) fn new(name: &CStr) -> Self {
         // SAFETY: `name` is a valid C string; a null parent means the debugfs root.
-        let dentry = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), core::ptr::null_mut()) };
+        let dentry =
+            unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), core::ptr::null_mut()) };
         Self { dentry }
     }
 }

@@ -210,7 +210,10 @@ impl<B: OutBuffer> Virtqueue<B> {
         let bytes = buf.out_bytes();
         let start = bytes.as_ptr() as usize;
         let inner = &*buf as *const B as usize;
-        if bytes.is_empty() || start < inner || start + bytes.len() > inner + core::mem::size_of::<B>() {
+        if bytes.is_empty()
+            || start < inner
+            || start + bytes.len() > inner + core::mem::size_of::<B>()
+        {
             return Err((EINVAL, buf));
         }
         let len = bytes.len() as u32;
@@ -222,7 +225,13 @@ impl<B: OutBuffer> Virtqueue<B> {
         // SAFETY: `vq` is live; `sg` was initialised above; the token is the box's pointer, which
         // stays valid until the queue gives it back.
         let ret = unsafe {
-            bindings::virtqueue_add_outbuf(self.vq.as_ptr(), sg.as_mut_ptr(), 1, token.cast(), bindings::GFP_KERNEL)
+            bindings::virtqueue_add_outbuf(
+                self.vq.as_ptr(),
+                sg.as_mut_ptr(),
+                1,
+                token.cast(),
+                bindings::GFP_KERNEL,
+            )
         };
         if ret < 0 {
             // SAFETY: The queue did not take the token, so we still own the box.

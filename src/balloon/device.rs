@@ -20,9 +20,7 @@ use crate::proto::{
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox, KVec},
-    c_str,
-    fmt,
-    new_mutex,
+    c_str, fmt, new_mutex,
     prelude::*,
     str::CString,
     sync::{Arc, Mutex},
@@ -336,10 +334,11 @@ impl Balloon {
                         st.warned_oom = true;
                     }
                     // Wait without spinning; a new target or shutdown ends the pause early.
-                    self.event_wq.wait_timeout(ms_to_jiffies(st.backoff_ms), || {
-                        self.stopping.load(Ordering::Acquire)
-                            || self.config_seq.load(Ordering::Acquire) != seq
-                    });
+                    self.event_wq
+                        .wait_timeout(ms_to_jiffies(st.backoff_ms), || {
+                            self.stopping.load(Ordering::Acquire)
+                                || self.config_seq.load(Ordering::Acquire) != seq
+                        });
                     st.backoff_ms = (st.backoff_ms * 2).min(BACKOFF_MAX_MS);
                 }
             }
@@ -350,10 +349,11 @@ impl Balloon {
     fn wait_used(&self, vq: &mut Virtqueue<Batch>) -> Option<KBox<Batch>> {
         let start = Ktime::ktime_get();
         let mut used = None;
-        self.host_wq.wait_timeout(ms_to_jiffies(HOST_TIMEOUT_MS), || {
-            used = vq.get_used();
-            used.is_some()
-        });
+        self.host_wq
+            .wait_timeout(ms_to_jiffies(HOST_TIMEOUT_MS), || {
+                used = vq.get_used();
+                used.is_some()
+            });
         counters::add(&self.counters().host_wait_ns, elapsed_ns(start));
         match used {
             Some(used) => Some(self.check_used(used)),

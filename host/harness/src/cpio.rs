@@ -14,7 +14,10 @@ const S_IFLNK: u32 = 0o120000;
 
 impl Archive {
     pub fn new() -> Self {
-        Archive { buf: Vec::new(), ino: 1 }
+        Archive {
+            buf: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {

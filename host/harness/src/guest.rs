@@ -2,7 +2,7 @@
 
 use crate::{cpio::Archive, paths, Context, Opts, Result};
 use qapi::{qmp, Qmp, Stream};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -101,7 +101,16 @@ done
 fn initramfs(flavour: &str) -> Result<PathBuf> {
     let art = paths::artifacts(flavour);
     let mut a = Archive::new();
-    for d in ["bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules", "selftests"] {
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "lib",
+        "lib/modules",
+        "selftests",
+    ] {
         a.dir(d);
     }
     let busybox = std::fs::read("/bin/busybox").ctx("reading /bin/busybox (busybox-static)")?;
@@ -110,7 +119,8 @@ fn initramfs(flavour: &str) -> Result<PathBuf> {
     a.file("init", 0o755, INIT.as_bytes());
     a.file("agent.sh", 0o755, AGENT.as_bytes());
     for m in ["virtio_balloon_rs.ko", "virtio_balloon.ko"] {
-        let data = std::fs::read(art.join(m)).ctx(&format!("reading {} (run make)", art.join(m).display()))?;
+        let data = std::fs::read(art.join(m))
+            .ctx(&format!("reading {} (run make)", art.join(m).display()))?;
         a.file(&format!("lib/modules/{m}"), 0o644, &data);
     }
     add_tree(&mut a, &paths::top().join("tests/selftests"), "selftests")?;
@@ -121,7 +131,10 @@ fn initramfs(flavour: &str) -> Result<PathBuf> {
 }
 
 fn add_tree(a: &mut Archive, dir: &Path, at: &str) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).ctx(&dir.display().to_string())?.flatten().collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .ctx(&dir.display().to_string())?
+        .flatten()
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = format!("{at}/{}", e.file_name().to_string_lossy());
@@ -145,7 +158,8 @@ pub fn accel() -> &'static str {
         if let Ok(a) = std::env::var("VBRS_ACCEL") {
             return if a == "kvm" { "kvm" } else { "tcg" };
         }
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let boot_id =
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let cache = paths::cache().join(format!("accel-{}", boot_id.trim()));
         if let Ok(a) = std::fs::read_to_string(&cache) {
             return if a.trim() == "kvm" { "kvm" } else { "tcg" };
@@ -154,7 +168,10 @@ pub fn accel() -> &'static str {
         let a = if ok { "kvm" } else { "tcg" };
         let _ = std::fs::create_dir_all(paths::cache());
         let _ = std::fs::write(&cache, a);
-        eprintln!("[vbrs] accelerator: {a} (KVM probe {})", if ok { "booted" } else { "failed" });
+        eprintln!(
+            "[vbrs] accelerator: {a} (KVM probe {})",
+            if ok { "booted" } else { "failed" }
+        );
         a
     })
 }
@@ -162,7 +179,10 @@ pub fn accel() -> &'static str {
 fn probe_kvm() -> bool {
     let mut cfg = Config::new("kvm-probe", 256);
     cfg.cpus = 1;
-    matches!(Guest::boot_with(&cfg, "kvm", Duration::from_secs(20)), Ok(_))
+    matches!(
+        Guest::boot_with(&cfg, "kvm", Duration::from_secs(20)),
+        Ok(_)
+    )
 }
 
 /// A running guest. QEMU is killed when it is dropped.
@@ -188,28 +208,55 @@ impl Guest {
         let dir = paths::run_dir(&cfg.name);
         let qmp_sock = dir.join("qmp.sock");
         let cmd_sock = dir.join("cmd.sock");
-        let append = format!("console=ttyS0 panic=-1 oops=panic loglevel=6 {}", cfg.append);
+        let append = format!(
+            "console=ttyS0 panic=-1 oops=panic loglevel=6 {}",
+            cfg.append
+        );
         let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-            .args(["-machine", "q35", "-accel", accel, "-cpu", if accel == "kvm" { "host" } else { "qemu64" }])
-            .args(["-m", &format!("{}M", cfg.mem_mib), "-smp", &cfg.cpus.to_string()])
-            .arg("-kernel")
-            .arg(art.join("bzImage"))
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", &append])
-            .arg("-serial")
-            .arg(format!("file:{}", dir.join("console.log").display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_sock.display()))
-            .args(["-device", &format!("virtio-balloon-pci,id=balloon0{}", cfg.balloon_props)])
-            .args(["-device", "virtio-serial-pci,id=vser0"])
-            .arg("-chardev")
-            .arg(format!("socket,id=cmd,path={},server=on,wait=off", cmd_sock.display()))
-            .args(["-device", "virtserialport,chardev=cmd,name=vbrs.cmd"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.stderr")).ctx("qemu.stderr")?);
+        qemu.args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            accel,
+            "-cpu",
+            if accel == "kvm" { "host" } else { "qemu64" },
+        ])
+        .args([
+            "-m",
+            &format!("{}M", cfg.mem_mib),
+            "-smp",
+            &cfg.cpus.to_string(),
+        ])
+        .arg("-kernel")
+        .arg(art.join("bzImage"))
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", &append])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_sock.display()))
+        .args([
+            "-device",
+            &format!("virtio-balloon-pci,id=balloon0{}", cfg.balloon_props),
+        ])
+        .args(["-device", "virtio-serial-pci,id=vser0"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=cmd,path={},server=on,wait=off",
+            cmd_sock.display()
+        ))
+        .args(["-device", "virtserialport,chardev=cmd,name=vbrs.cmd"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("qemu.stderr")).ctx("qemu.stderr")?);
         let mut child = qemu.spawn().ctx("starting qemu-system-x86_64")?;
         let connect = |p: &Path, child: &mut Child| -> Result<UnixStream> {
             let start = Instant::now();
@@ -236,8 +283,12 @@ impl Guest {
             }
         };
         let cs = connect(&cmd_sock, &mut child)?;
-        let mut qmp = Qmp::new(Stream::new(BufReader::new(qs.try_clone().ctx("qmp socket")?), qs));
-        qmp.handshake().map_err(|e| format!("QMP handshake: {e:?}"))?;
+        let mut qmp = Qmp::new(Stream::new(
+            BufReader::new(qs.try_clone().ctx("qmp socket")?),
+            qs,
+        ));
+        qmp.handshake()
+            .map_err(|e| format!("QMP handshake: {e:?}"))?;
         let mut g = Guest {
             cfg: cfg.clone(),
             accel,
@@ -247,7 +298,13 @@ impl Guest {
             next_id: 1,
             dir,
         };
-        g.exec_timeout("true", timeout).map_err(|e| format!("guest {} did not come up: {e}\n{}", cfg.name, g.console_tail(30)))?;
+        g.exec_timeout("true", timeout).map_err(|e| {
+            format!(
+                "guest {} did not come up: {e}\n{}",
+                cfg.name,
+                g.console_tail(30)
+            )
+        })?;
         Ok(g)
     }
 
@@ -263,7 +320,10 @@ impl Guest {
         let id = self.next_id;
         self.next_id += 1;
         let line = format!("{id} {}\n", base64(script.as_bytes()));
-        self.cmd.get_mut().write_all(line.as_bytes()).ctx("writing to the guest")?;
+        self.cmd
+            .get_mut()
+            .write_all(line.as_bytes())
+            .ctx("writing to the guest")?;
         let deadline = Instant::now() + timeout;
         let marker = format!("@@VBRS-END {id} ");
         let mut out = String::new();
@@ -273,7 +333,10 @@ impl Guest {
             if left.is_zero() {
                 return Err(format!("timed out after {timeout:?} running: {script}"));
             }
-            self.cmd.get_ref().set_read_timeout(Some(left.min(Duration::from_millis(500)))).ctx("socket")?;
+            self.cmd
+                .get_ref()
+                .set_read_timeout(Some(left.min(Duration::from_millis(500))))
+                .ctx("socket")?;
             match read_line(&mut self.cmd, &mut line) {
                 Ok(true) => {
                     let l = String::from_utf8_lossy(&line).into_owned();
@@ -290,7 +353,10 @@ impl Guest {
                 }
                 Ok(false) => {
                     if let Ok(Some(st)) = self.qemu.try_wait() {
-                        return Err(format!("QEMU exited ({st}) while running: {script}\n{}", self.console_tail(40)));
+                        return Err(format!(
+                            "QEMU exited ({st}) while running: {script}\n{}",
+                            self.console_tail(40)
+                        ));
                     }
                 }
                 Err(e) => return Err(format!("reading from the guest: {e}")),
@@ -320,18 +386,28 @@ impl Guest {
     /// A `/proc/meminfo` field, in kB.
     pub fn meminfo(&mut self, key: &str) -> Result<u64> {
         let out = self.sh(&format!("grep '^{key}:' /proc/meminfo"))?;
-        out.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("bad meminfo line {out}"))
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("bad meminfo line {out}"))
     }
 
     /// Sets the balloon target: the guest's memory size the host wants, in bytes.
     pub fn balloon(&mut self, bytes: u64) -> Result<()> {
-        self.qmp.execute(&qmp::balloon { value: bytes as i64 }).map_err(|e| format!("balloon: {e:?}"))?;
+        self.qmp
+            .execute(&qmp::balloon {
+                value: bytes as i64,
+            })
+            .map_err(|e| format!("balloon: {e:?}"))?;
         Ok(())
     }
 
     /// The guest's memory size as the balloon makes it (QMP `actual`), in bytes.
     pub fn actual(&mut self) -> Result<u64> {
-        let info = self.qmp.execute(&qmp::query_balloon {}).map_err(|e| format!("query-balloon: {e:?}"))?;
+        let info = self
+            .qmp
+            .execute(&qmp::query_balloon {})
+            .map_err(|e| format!("query-balloon: {e:?}"))?;
         Ok(info.actual as u64)
     }
 
@@ -344,7 +420,11 @@ impl Guest {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
-                return Err(format!("balloon actual {} MiB, expected {} MiB after {timeout:?}", a >> 20, bytes >> 20));
+                return Err(format!(
+                    "balloon actual {} MiB, expected {} MiB after {timeout:?}",
+                    a >> 20,
+                    bytes >> 20
+                ));
             }
             if let Ok(Some(st)) = self.qemu.try_wait() {
                 return Err(format!("QEMU exited ({st})\n{}", self.console_tail(40)));
@@ -387,7 +467,10 @@ impl Guest {
     pub fn check_dmesg(&mut self) -> Result<()> {
         let log = self.dmesg()?;
         if let Some(l) = splat(&log) {
-            return Err(format!("kernel log has a splat: {l}\n{}", tail_from(&log, l)));
+            return Err(format!(
+                "kernel log has a splat: {l}\n{}",
+                tail_from(&log, l)
+            ));
         }
         Ok(())
     }
@@ -395,7 +478,9 @@ impl Guest {
     /// Reads a file of the guest (e.g. a debugfs counter) as a number.
     pub fn read_u64(&mut self, path: &str) -> Result<u64> {
         let out = self.sh(&format!("cat {path}"))?;
-        out.trim().parse().map_err(|_| format!("{path}: not a number: {out}"))
+        out.trim()
+            .parse()
+            .map_err(|_| format!("{path}: not a number: {out}"))
     }
 }
 
@@ -439,12 +524,17 @@ pub fn splat(log: &str) -> Option<&str> {
         "soft lockup",
         "hung_task",
     ];
-    log.lines().find(|l| MARKERS.iter().any(|m| l.contains(m)) && !l.contains("page_poison=1"))
+    log.lines()
+        .find(|l| MARKERS.iter().any(|m| l.contains(m)) && !l.contains("page_poison=1"))
 }
 
 fn tail_from<'a>(log: &'a str, line: &str) -> &'a str {
     let at = log.find(line).unwrap_or(0);
-    let end = log[at..].char_indices().nth(3000).map(|(i, _)| at + i).unwrap_or(log.len());
+    let end = log[at..]
+        .char_indices()
+        .nth(3000)
+        .map(|(i, _)| at + i)
+        .unwrap_or(log.len());
     &log[at..end]
 }
 
@@ -452,12 +542,22 @@ fn read_line(r: &mut BufReader<UnixStream>, buf: &mut Vec<u8>) -> std::io::Resul
     loop {
         let avail = match r.fill_buf() {
             Ok(b) => b,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(false),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         if avail.is_empty() {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "guest channel closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "guest channel closed",
+            ));
         }
         if let Some(i) = avail.iter().position(|&b| b == b'\n') {
             buf.extend_from_slice(&avail[..=i]);
@@ -474,11 +574,21 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
@@ -488,13 +598,23 @@ pub fn shell(opts: &Opts) -> Result<bool> {
     let d = opts.drivers[0];
     let mut g = Guest::boot(&Config::new("shell", 2048))?;
     g.load(d)?;
-    eprintln!("[vbrs] guest up ({}), {} loaded; type commands, 'balloon MIB' sets the target", g.accel, d.name());
+    eprintln!(
+        "[vbrs] guest up ({}), {} loaded; type commands, 'balloon MIB' sets the target",
+        g.accel,
+        d.name()
+    );
     let stdin = std::io::stdin();
     let mut line = String::new();
-    while { line.clear(); stdin.lock().read_line(&mut line).unwrap_or(0) > 0 } {
+    while {
+        line.clear();
+        stdin.lock().read_line(&mut line).unwrap_or(0) > 0
+    } {
         let l = line.trim();
         if let Some(mib) = l.strip_prefix("balloon ") {
-            let mib: u64 = mib.trim().parse().map_err(|_| "balloon takes MiB".to_string())?;
+            let mib: u64 = mib
+                .trim()
+                .parse()
+                .map_err(|_| "balloon takes MiB".to_string())?;
             g.balloon(mib << 20)?;
             continue;
         }

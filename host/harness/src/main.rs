@@ -60,7 +60,10 @@ pub struct Opts {
 
 impl Opts {
     fn parse(args: &[String]) -> Opts {
-        let mut o = Opts { drivers: vec![guest::Driver::Rs, guest::Driver::C], ..Default::default() };
+        let mut o = Opts {
+            drivers: vec![guest::Driver::Rs, guest::Driver::C],
+            ..Default::default()
+        };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
@@ -76,7 +79,11 @@ impl Opts {
                 "--list" => o.list = true,
                 "--no-unit" => o.no_unit = true,
                 "--guest-gib" => {
-                    o.guest_gib = Some(it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()))
+                    o.guest_gib = Some(
+                        it.next()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or_else(|| usage()),
+                    )
                 }
                 _ => usage(),
             }

@@ -18,7 +18,9 @@ pub fn artifacts(flavour: &str) -> PathBuf {
 
 /// The build cache, outside the checkout.
 pub fn cache() -> PathBuf {
-    std::env::var_os("VBRS_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/virtio-balloon-rs"))
+    std::env::var_os("VBRS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/virtio-balloon-rs"))
 }
 
 /// A fresh directory for one guest's sockets and logs.

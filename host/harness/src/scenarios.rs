@@ -1,0 +1,412 @@
+//! The scenarios `make test` runs: each boots a fresh guest, loads one driver, drives the
+//! balloon from the host and checks what the guest and QEMU observe. Shared scenarios run with
+//! both drivers (ours and the C driver).
+
+use crate::guest::{Config, Driver, Guest};
+use crate::{ktap, Context, Opts, Result};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(180);
+
+/// A host-orchestrated scenario.
+struct Scenario {
+    name: &'static str,
+    /// Guest memory in MiB.
+    mem_mib: u64,
+    /// Runs with the C driver too.
+    shared: bool,
+    run: fn(&mut Guest, Driver, &mut Vec<Outcome>) -> Result<()>,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "load_unload",
+        mem_mib: 512,
+        shared: true,
+        run: load_unload,
+    },
+    Scenario {
+        name: "inflate_deflate",
+        mem_mib: 1024,
+        shared: true,
+        run: inflate_deflate,
+    },
+    Scenario {
+        name: "reverse_mid_inflate",
+        mem_mib: 1024,
+        shared: true,
+        run: reverse_mid_inflate,
+    },
+    Scenario {
+        name: "unload_inflated",
+        mem_mib: 1024,
+        shared: true,
+        run: unload_inflated,
+    },
+    Scenario {
+        name: "target_beyond_guest",
+        mem_mib: 512,
+        shared: true,
+        run: target_beyond_guest,
+    },
+    Scenario {
+        name: "repeated_cycles",
+        mem_mib: 1024,
+        shared: true,
+        run: repeated_cycles,
+    },
+    Scenario {
+        name: "selftests",
+        mem_mib: 512,
+        shared: true,
+        run: selftests,
+    },
+];
+
+/// A result line of the run.
+pub struct Outcome {
+    pub name: String,
+    pub ok: bool,
+    pub skip: bool,
+    pub detail: String,
+}
+
+fn debugfs(g: &mut Guest, file: &str) -> Result<u64> {
+    g.read_u64(&format!(
+        "/sys/kernel/debug/virtio_balloon_rs/virtio*/{file}"
+    ))
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+fn bound(g: &mut Guest, d: Driver) -> Result<bool> {
+    let (rc, _) = g.exec_timeout(
+        &format!("ls -d /sys/bus/virtio/drivers/{}/virtio*", d.name()),
+        WAIT,
+    )?;
+    Ok(rc == 0)
+}
+
+fn load_unload(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    check(bound(g, d)?, || {
+        format!("{} not bound after insmod", d.name())
+    })?;
+    g.unload(d)?;
+    check(!bound(g, d)?, || "still bound after rmmod".into())?;
+    g.load(d)?;
+    check(bound(g, d)?, || "not bound after the second insmod".into())?;
+    g.unload(d)?;
+    g.load(d)
+}
+
+/// Inflates `mib` MiB, checks guest and host agree, deflates, checks everything came back.
+fn inflate_to(g: &mut Guest, d: Driver, mib: u64, total0: u64) -> Result<()> {
+    let mem = g.ram_bytes();
+    g.balloon(mem - mib * MIB)?;
+    g.wait_actual(mem - mib * MIB, WAIT)?;
+    let total = g.meminfo("MemTotal")?;
+    check(total0 - total == mib * 1024, || {
+        format!(
+            "MemTotal went from {total0} kB to {total} kB, expected {} kB less",
+            mib * 1024
+        )
+    })?;
+    if d == Driver::Rs {
+        let pages = debugfs(g, "pages")?;
+        check(pages == mib * 256, || {
+            format!("debugfs pages {pages}, expected {}", mib * 256)
+        })?;
+    }
+    Ok(())
+}
+
+fn deflate_all(g: &mut Guest, total0: u64) -> Result<()> {
+    let mem = g.ram_bytes();
+    g.balloon(mem)?;
+    g.wait_actual(mem, WAIT)?;
+    let total = g.meminfo("MemTotal")?;
+    check(total == total0, || {
+        format!("MemTotal {total} kB after deflating, {total0} kB before")
+    })
+}
+
+fn inflate_deflate(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    inflate_to(g, d, 512, total0)?;
+    deflate_all(g, total0)
+}
+
+fn reverse_mid_inflate(g: &mut Guest, d: Driver, out: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    let mem = g.ram_bytes();
+    let target = mem - 768 * MIB;
+    g.balloon(target)?;
+    // Reverse as soon as the balloon has started moving.
+    let start = Instant::now();
+    let mut seen = mem;
+    while start.elapsed() < WAIT {
+        seen = g.actual()?;
+        if seen != mem {
+            break;
+        }
+    }
+    g.balloon(mem)?;
+    g.wait_actual(mem, WAIT)?;
+    let total = g.meminfo("MemTotal")?;
+    check(total == total0, || {
+        format!("MemTotal {total} kB, {total0} kB before")
+    })?;
+    let mid = seen > target;
+    out.push(Outcome {
+        name: format!(
+            "reverse_mid_inflate [{}]: reversed before the target was reached",
+            d.label()
+        ),
+        ok: true,
+        skip: !mid,
+        detail: format!(
+            "balloon at {} MiB of {} MiB when reversed",
+            (mem - seen) / MIB,
+            (mem - target) / MIB
+        ),
+    });
+    if d == Driver::Rs {
+        let pages = debugfs(g, "pages")?;
+        check(pages == 0, || {
+            format!("debugfs pages {pages} after reversal")
+        })?;
+    }
+    Ok(())
+}
+
+fn unload_inflated(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    inflate_to(g, d, 512, total0)?;
+    let free_inflated = g.meminfo("MemFree")?;
+    g.unload(d)?;
+    let total = g.meminfo("MemTotal")?;
+    check(total == total0, || {
+        format!("MemTotal {total} kB after unload, {total0} kB before")
+    })?;
+    let free = g.meminfo("MemFree")?;
+    // Most of the 512 MiB shows up as free at once (some sits on per-CPU free lists).
+    check(free >= free_inflated + 384 * 1024, || {
+        format!(
+            "MemFree {free} kB after unload, {free_inflated} kB while inflated: pages not returned"
+        )
+    })?;
+    let actual = g.actual()?;
+    check(actual == g.ram_bytes(), || {
+        format!("QMP actual {} MiB after unload", actual / MIB)
+    })
+}
+
+fn target_beyond_guest(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    let mem = g.ram_bytes();
+    // 1 byte: the host asks for every page of guest RAM, more than the guest can give.
+    g.balloon(1)?;
+    let settled = g.wait_actual_settles(Duration::from_secs(3), WAIT)?;
+    check(settled < mem, || "nothing was inflated".into())?;
+    g.balloon(mem)?;
+    g.wait_actual(mem, WAIT)?;
+    let total = g.meminfo("MemTotal")?;
+    check(total == total0, || {
+        format!("MemTotal {total} kB, {total0} kB before")
+    })?;
+    if d == Driver::Rs {
+        let log = g.dmesg()?;
+        let n = log.matches("inflating what it can").count();
+        check(n == 1, || {
+            format!("the over-large target was logged {n} times, expected once")
+        })?;
+    }
+    Ok(())
+}
+
+fn repeated_cycles(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    for _ in 0..5 {
+        inflate_to(g, d, 256, total0)?;
+        deflate_all(g, total0)?;
+    }
+    if d == Driver::Rs {
+        let (pages, inflated, deflated) = (
+            debugfs(g, "pages")?,
+            debugfs(g, "inflated")?,
+            debugfs(g, "deflated")?,
+        );
+        check(
+            pages == 0 && inflated == deflated && inflated == 5 * 256 * 256,
+            || format!("debugfs pages {pages}, inflated {inflated}, deflated {deflated}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn selftests(g: &mut Guest, d: Driver, out: &mut Vec<Outcome>) -> Result<()> {
+    let (_, text) = g.exec_timeout(
+        &format!("cd /selftests && DRIVER={} sh ./run_kselftest.sh", d.name()),
+        WAIT,
+    )?;
+    let results = ktap::parse(&text);
+    check(!results.is_empty(), || format!("no KTAP results:\n{text}"))?;
+    for r in results {
+        out.push(Outcome {
+            name: format!("selftests: {} [{}]", r.name, d.label()),
+            ok: r.ok,
+            skip: r.skip,
+            detail: if r.ok { String::new() } else { text.clone() },
+        });
+    }
+    Ok(())
+}
+
+fn run_one(s: &Scenario, d: Driver) -> Vec<Outcome> {
+    let name = format!("{} [{}]", s.name, d.label());
+    eprintln!("[vbrs] scenario {name}: booting a {} MiB guest", s.mem_mib);
+    let start = Instant::now();
+    let mut extra = Vec::new();
+    let res = (|| -> Result<()> {
+        let mut cfg = Config::new(&format!("{}-{}", s.name, d.label()), s.mem_mib);
+        cfg.append = "page_poison=1".into();
+        let mut g = Guest::boot(&cfg)?;
+        g.load(d)?;
+        let r = (s.run)(&mut g, d, &mut extra);
+        let splat = g.check_dmesg();
+        r?;
+        splat
+    })();
+    let detail = format!("{:.1} s", start.elapsed().as_secs_f64());
+    let mut all = vec![match res {
+        Ok(()) => Outcome {
+            name,
+            ok: true,
+            skip: false,
+            detail,
+        },
+        Err(e) => Outcome {
+            name,
+            ok: false,
+            skip: false,
+            detail: format!("{detail}: {e}"),
+        },
+    }];
+    all.extend(extra);
+    all
+}
+
+/// Runs the workspace's unit tests and returns their outcome.
+fn unit_tests() -> Outcome {
+    eprintln!("[vbrs] unit tests: cargo test --workspace --release");
+    let out = Command::new("cargo")
+        .args(["test", "--workspace", "--release", "-q"])
+        .current_dir(crate::paths::top())
+        .output();
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let text = match out {
+        Ok(o) => {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        }
+        Err(e) => format!("cannot run cargo: {e}"),
+    };
+    for l in text.lines() {
+        if let Some(r) = l.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                r.split(';')
+                    .find(|p| p.trim().ends_with(key))
+                    .and_then(|p| p.split_whitespace().rev().nth(1))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += num("passed");
+            failed += num("failed");
+        }
+    }
+    let ok = failed == 0 && passed > 0;
+    Outcome {
+        name: format!("unit tests ({passed} passed, {failed} failed)"),
+        ok,
+        skip: false,
+        detail: if ok { String::new() } else { text },
+    }
+}
+
+/// `vbrs test`.
+pub fn test(opts: &Opts) -> Result<bool> {
+    let selected: Vec<(&Scenario, Driver)> = SCENARIOS
+        .iter()
+        .flat_map(|s| {
+            opts.drivers
+                .iter()
+                .filter(move |d| s.shared || **d == Driver::Rs)
+                .map(move |d| (s, *d))
+        })
+        .filter(|(s, d)| {
+            opts.filter
+                .as_ref()
+                .is_none_or(|f| format!("{} [{}]", s.name, d.label()).contains(f.as_str()))
+        })
+        .collect();
+    if opts.list {
+        for (s, d) in &selected {
+            println!("{} [{}]", s.name, d.label());
+        }
+        return Ok(true);
+    }
+    let mut outcomes = Vec::new();
+    if !opts.no_unit {
+        outcomes.push(unit_tests());
+    }
+    eprintln!("[vbrs] accelerator: {}", crate::guest::accel());
+    for (s, d) in selected {
+        for o in run_one(s, d) {
+            print_outcome(&o);
+            outcomes.push(o);
+        }
+    }
+    let passed = outcomes.iter().filter(|o| o.ok && !o.skip).count();
+    let skipped = outcomes.iter().filter(|o| o.skip).count();
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    if failed > 0 {
+        println!("\nfailed:");
+        for o in outcomes.iter().filter(|o| !o.ok) {
+            println!("  {}", o.name);
+        }
+    }
+    println!();
+    if skipped > 0 {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
+    std::io::Write::flush(&mut std::io::stdout()).ctx("stdout")?;
+    Ok(failed == 0)
+}
+
+fn print_outcome(o: &Outcome) {
+    let tag = if !o.ok {
+        "FAIL"
+    } else if o.skip {
+        "skip"
+    } else {
+        "ok  "
+    };
+    println!(
+        "{tag} {} {}",
+        o.name,
+        if o.detail.is_empty() {
+            String::new()
+        } else {
+            format!("({})", o.detail)
+        }
+    );
+}
