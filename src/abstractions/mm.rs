@@ -11,6 +11,14 @@ pub(crate) fn totalram_pages() -> u64 {
     unsafe { bindings::totalram_pages() as u64 }
 }
 
+/// The memory the guest could still use without swapping, in pages (`si_mem_available()`, the
+/// `MemAvailable` of `/proc/meminfo`): free pages above the reserves plus reclaimable caches.
+pub(crate) fn available_pages() -> u64 {
+    // SAFETY: `si_mem_available` only reads counters.
+    let pages = unsafe { bindings::si_mem_available() };
+    pages.max(0) as u64
+}
+
 /// An order-0 page owned by the driver.
 ///
 /// # Invariants
@@ -43,6 +51,32 @@ impl OwnedPage {
         NonNull::new(ptr).map(|ptr| Self { ptr })
     }
 
+    /// Allocates `1 << order` contiguous pages for the balloon in one go, without reclaim or
+    /// compaction (it fails at once when no free block of that order is left), and splits them
+    /// into order-0 pages handed out by the returned [`PageBlock`].
+    ///
+    /// Whole blocks let the host free whole huge pages behind the balloon, and cost one
+    /// allocation instead of `1 << order`.
+    pub(crate) fn alloc_block_for_balloon(order: u32) -> Option<PageBlock> {
+        let gfp = bindings::__GFP_HIGHMEM
+            | bindings::__GFP_NOMEMALLOC
+            | bindings::__GFP_NORETRY
+            | bindings::__GFP_NOWARN;
+        // SAFETY: `alloc_pages` may be called with these flags from any context that may
+        // allocate; they never sleep.
+        let ptr = NonNull::new(unsafe { bindings::alloc_pages(gfp, order) })?;
+        // SAFETY: `ptr` is a fresh, non-compound block of `order` that we own.
+        unsafe { bindings::split_page(ptr.as_ptr(), order) };
+        // SAFETY: `ptr` is a valid page.
+        let pfn = unsafe { bindings::page_to_pfn(ptr.as_ptr()) } as u64;
+        // INVARIANT: after `split_page` each of the `1 << order` pages is an order-0 page with
+        // its own reference, all owned by the block.
+        Some(PageBlock {
+            next: pfn,
+            end: pfn + (1u64 << order),
+        })
+    }
+
     /// The page's frame number.
     pub(crate) fn pfn(&self) -> u64 {
         // SAFETY: By the type invariant `ptr` is a valid page.
@@ -70,6 +104,44 @@ impl Drop for OwnedPage {
     }
 }
 
+/// Order-0 pages split from one block, handed out one at a time; those not taken are freed
+/// when the block is dropped.
+///
+/// # Invariants
+///
+/// The pages with frame numbers `next..end` are order-0 pages owned by the block.
+pub(crate) struct PageBlock {
+    next: u64,
+    end: u64,
+}
+
+// SAFETY: The block owns its pages exclusively; they are not tied to a thread.
+unsafe impl Send for PageBlock {}
+
+impl Iterator for PageBlock {
+    type Item = OwnedPage;
+
+    fn next(&mut self) -> Option<OwnedPage> {
+        if self.next == self.end {
+            return None;
+        }
+        // SAFETY: `next` is the frame number of a page of the block (type invariant), which has
+        // a struct page.
+        let ptr = unsafe { bindings::pfn_to_page(self.next as _) };
+        self.next += 1;
+        // INVARIANT: the page leaves the block; it is an order-0 page that we own.
+        NonNull::new(ptr).map(|ptr| OwnedPage { ptr })
+    }
+}
+
+impl Drop for PageBlock {
+    fn drop(&mut self) {
+        for page in self.by_ref() {
+            drop(page);
+        }
+    }
+}
+
 /// A last-in first-out collection of owned pages, linked through the pages' `private` field, so
 /// it needs no memory of its own however many pages it holds. Pages in it are `PageOffline`,
 /// as balloon pages are expected to be (dump tools skip them).
@@ -77,9 +149,11 @@ impl Drop for OwnedPage {
 /// # Invariants
 ///
 /// `head` is null or the first of `len` pages, each owned by the stack, marked `PageOffline`,
-/// whose `private` field holds the next page's address (0 for the last one).
+/// whose `private` field holds the next page's address (0 for the last one); `tail` is the last
+/// of them (null when the stack is empty).
 pub(crate) struct PageStack {
     head: *mut bindings::page,
+    tail: *mut bindings::page,
     len: usize,
 }
 
@@ -91,6 +165,7 @@ impl PageStack {
     pub(crate) const fn new() -> Self {
         Self {
             head: core::ptr::null_mut(),
+            tail: core::ptr::null_mut(),
             len: 0,
         }
     }
@@ -115,6 +190,9 @@ impl PageStack {
             bindings::__SetPageOffline(ptr);
         }
         // INVARIANT: `ptr` is owned, offline, and links to the previous head.
+        if self.head.is_null() {
+            self.tail = ptr;
+        }
         self.head = ptr;
         self.len += 1;
     }
@@ -131,9 +209,32 @@ impl PageStack {
             next
         };
         self.head = next;
+        if next.is_null() {
+            self.tail = core::ptr::null_mut();
+        }
         self.len -= 1;
         // INVARIANT: the page left the stack with `private` cleared and no page type.
         Some(OwnedPage { ptr })
+    }
+}
+
+impl PageStack {
+    /// Moves every page of `other` onto this stack, in constant time.
+    pub(crate) fn append(&mut self, other: &mut PageStack) {
+        if other.head.is_null() {
+            return;
+        }
+        // SAFETY: `other.tail` is the last page of `other` (type invariant), owned by it.
+        unsafe { bindings::set_page_private(other.tail, self.head as usize as _) };
+        if self.head.is_null() {
+            self.tail = other.tail;
+        }
+        // INVARIANT: `other`'s pages now precede ours and `other` is left empty.
+        self.head = other.head;
+        self.len += other.len;
+        other.head = core::ptr::null_mut();
+        other.tail = core::ptr::null_mut();
+        other.len = 0;
     }
 }
 

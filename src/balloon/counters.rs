@@ -27,8 +27,12 @@ pub(crate) struct Counters {
     pub(crate) alloc_ns: AtomicU64,
     /// Time spent waiting for the host to use buffers, in nanoseconds.
     pub(crate) host_wait_ns: AtomicU64,
+    /// Whole blocks (2 MiB) allocated and split into balloon pages.
+    pub(crate) blocks: AtomicU64,
     /// Page allocations that failed.
     pub(crate) alloc_failures: AtomicU64,
+    /// Times inflating stopped because the guest's available memory reached the floor.
+    pub(crate) floor_stops: AtomicU64,
     /// Config change notifications.
     pub(crate) config_changes: AtomicU64,
     /// Values from the host that failed a check.
@@ -47,7 +51,9 @@ impl Counters {
         (c_str!("kicks"), |c| &c.kicks),
         (c_str!("alloc_ns"), |c| &c.alloc_ns),
         (c_str!("host_wait_ns"), |c| &c.host_wait_ns),
+        (c_str!("blocks"), |c| &c.blocks),
         (c_str!("alloc_failures"), |c| &c.alloc_failures),
+        (c_str!("floor_stops"), |c| &c.floor_stops),
         (c_str!("config_changes"), |c| &c.config_changes),
         (c_str!("host_errors"), |c| &c.host_errors),
     ];

@@ -6,7 +6,7 @@ use super::counters::{self, Counters};
 use super::{BalloonDriver, DEBUGFS_DIR};
 use crate::abstractions::{
     debugfs::CounterDir,
-    mm::{totalram_pages, OwnedPage, PageStack},
+    mm::{available_pages, totalram_pages, OwnedPage, PageBlock, PageStack},
     virtio::{Device, DeviceRef, OutBuffer, Virtqueue},
     wait::{ms_to_jiffies, WaitQueue},
     work,
@@ -15,7 +15,7 @@ use crate::new_wait_queue;
 use crate::proto::{
     config::{self, Step, Target},
     features,
-    pfn::{PfnArray, PushError, PFN_SHIFT},
+    pfn::{PfnArray, PushError, PFNS_PER_DESC, PFN_SHIFT},
 };
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::{
@@ -32,6 +32,14 @@ use kernel::{
 const MAX_IN_FLIGHT: usize = 32;
 /// Pages moved between two looks at the target and two updates of `actual` (32 MiB).
 const CHUNK_PAGES: u32 = 8192;
+/// Order of the blocks the balloon allocates while whole free blocks are left (2 MiB: the host
+/// can free a whole huge page behind them).
+const BLOCK_ORDER: u32 = 9;
+/// The balloon leaves the guest at least 1/256 of its memory available, and at least 8 MiB: an
+/// over-large target must not drive the guest into the OOM killer (with nothing left to kill,
+/// that is a panic).
+const FLOOR_DIVISOR: u64 = 256;
+const FLOOR_MIN_PAGES: u64 = 2048;
 /// First and longest pause after an allocation failure, in milliseconds.
 const BACKOFF_MIN_MS: u32 = 200;
 const BACKOFF_MAX_MS: u32 = 5000;
@@ -61,10 +69,11 @@ impl Batch {
         }
     }
 
-    /// Frees the batch's pages, if any (host gone, ring full, teardown).
+    /// Gives the batch's pages back to the guest, if any (deflated, host gone, ring full,
+    /// teardown).
     fn release(&mut self) {
         while let Some(page) = self.pages.pop() {
-            drop(page);
+            give_back(page);
         }
         self.pfns.clear();
     }
@@ -72,10 +81,18 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // Pages of a deflate batch were already counted back by `deflate`; pages of an inflate
-        // batch were never counted out. Either way freeing them is all that is left.
         self.release();
     }
+}
+
+/// Gives a balloon page back to the guest.
+///
+/// A page leaves the guest's managed memory when it is allocated for the balloon and comes back
+/// here, whichever way it leaves (deflated, never accepted by the host, or reclaimed when the
+/// device goes away), so the accounting holds on every path.
+fn give_back(page: OwnedPage) {
+    page.adjust_managed(1);
+    drop(page);
 }
 
 /// The batches not in flight: a fixed set of slots, so returning one never allocates.
@@ -114,6 +131,8 @@ pub(crate) struct Balloon {
     index: i32,
     /// Pages the guest has with the balloon empty: no target can be larger.
     guest_pages: u64,
+    /// The balloon stops growing when the guest's available memory falls to this many pages.
+    floor_pages: u64,
     tell_host: bool,
     #[pin]
     state: Mutex<State>,
@@ -181,11 +200,14 @@ impl Balloon {
             Counters::FILES,
         );
         let tell_host = dev.has_feature(features::MUST_TELL_HOST);
+        let guest_pages = totalram_pages();
+        let floor_pages = (guest_pages / FLOOR_DIVISOR).max(FLOOR_MIN_PAGES);
         let balloon = Arc::pin_init(
             pin_init!(Self {
                 dev: dev.get(),
                 index,
-                guest_pages: totalram_pages(),
+                guest_pages,
+                floor_pages,
                 tell_host,
                 state <- new_mutex!(State {
                     inflate_vq,
@@ -265,7 +287,7 @@ impl Balloon {
                 left
             );
             while let Some(page) = st.pages.pop() {
-                page.adjust_managed(1);
+                give_back(page);
             }
             self.report(&st);
         }
@@ -326,7 +348,7 @@ impl Balloon {
                 Stop::NoPages | Stop::HostTimeout => {
                     if stop == Stop::NoPages && !st.warned_oom {
                         pr_info!(
-                            "virtio{}: out of memory at {} of {} pages; retrying with back-off\n",
+                            "virtio{}: guest memory low at {} of {} pages; retrying with back-off\n",
                             self.index,
                             st.pages.len(),
                             target
@@ -387,11 +409,37 @@ impl Balloon {
         batch
     }
 
+    /// The next page for the balloon: from a whole block while at least a block's worth is
+    /// wanted and free blocks are left, otherwise on its own.
+    fn alloc_page(
+        &self,
+        block: &mut Option<PageBlock>,
+        try_blocks: &mut bool,
+        left: u32,
+    ) -> Option<OwnedPage> {
+        if let Some(page) = block.as_mut().and_then(Iterator::next) {
+            return Some(page);
+        }
+        *block = None;
+        if *try_blocks && left >= 1 << BLOCK_ORDER {
+            *block = OwnedPage::alloc_block_for_balloon(BLOCK_ORDER);
+            if let Some(page) = block.as_mut().and_then(Iterator::next) {
+                counters::add(&self.counters().blocks, 1);
+                return Some(page);
+            }
+            *try_blocks = false;
+        }
+        OwnedPage::alloc_for_balloon()
+    }
+
     /// Takes up to `want` pages into the balloon.
     fn inflate(&self, st: &mut State, want: u32) -> Stop {
         let c = self.counters();
         let mut queued = 0u32;
         let mut stop = Stop::Done;
+        // Pages of a block not handed out yet are freed when this returns.
+        let mut block = None;
+        let mut try_blocks = true;
         loop {
             let mut added = false;
             while queued < want && stop == Stop::Done {
@@ -399,18 +447,28 @@ impl Balloon {
                     stop = Stop::Stopping;
                     break;
                 }
+                if available_pages() < self.floor_pages + PFNS_PER_DESC as u64 {
+                    // Whatever the host asks, never push the guest into the OOM killer.
+                    counters::add(&c.floor_stops, 1);
+                    stop = Stop::NoPages;
+                    break;
+                }
                 let Some(mut batch) = st.spare.take() else {
                     break;
                 };
                 let start = Ktime::ktime_get();
                 while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {
-                    let Some(page) = OwnedPage::alloc_for_balloon() else {
+                    let left = want - queued - batch.pfns.len() as u32;
+                    let Some(page) = self.alloc_page(&mut block, &mut try_blocks, left) else {
                         counters::add(&c.alloc_failures, 1);
                         stop = Stop::NoPages;
                         break;
                     };
                     match batch.pfns.push(page.pfn()) {
-                        Ok(()) => batch.pages.push(page),
+                        Ok(()) => {
+                            page.adjust_managed(-1);
+                            batch.pages.push(page);
+                        }
                         Err(PushError::OutOfRange) | Err(PushError::Full) => {
                             // A frame above 16 TiB cannot be reported with 32-bit PFNs.
                             stop = Stop::NoPages;
@@ -450,10 +508,7 @@ impl Balloon {
             let mut next = Some(first);
             while let Some(mut batch) = next {
                 let n = batch.pages.len() as u64;
-                while let Some(page) = batch.pages.pop() {
-                    page.adjust_managed(-1);
-                    st.pages.push(page);
-                }
+                st.pages.append(&mut batch.pages);
                 batch.pfns.clear();
                 st.spare.put(batch);
                 counters::add(&c.inflated, n);
@@ -489,7 +544,6 @@ impl Balloon {
                     };
                     // Cannot fail: the page was reported with this frame number on inflate.
                     let _ = batch.pfns.push(page.pfn());
-                    page.adjust_managed(1);
                     batch.pages.push(page);
                 }
                 let n = batch.pfns.len() as u32;
@@ -497,7 +551,7 @@ impl Balloon {
                     // The host does not need to hear first: free now, tell it on the way.
                     counters::add(&c.deflated, u64::from(n));
                     while let Some(page) = batch.pages.pop() {
-                        drop(page);
+                        give_back(page);
                     }
                 }
                 match st.deflate_vq.add_out(batch) {
@@ -508,10 +562,7 @@ impl Balloon {
                     }
                     Err((_, mut batch)) => {
                         // Ring full of buffers the host never used: keep the pages ballooned.
-                        while let Some(page) = batch.pages.pop() {
-                            page.adjust_managed(-1);
-                            st.pages.push(page);
-                        }
+                        st.pages.append(&mut batch.pages);
                         batch.pfns.clear();
                         st.spare.put(batch);
                         break;

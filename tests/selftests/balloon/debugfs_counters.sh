@@ -15,7 +15,7 @@ dir=/sys/kernel/debug/virtio_balloon_rs/$dev
 ktap_check "debugfs directory $dir" [ -d "$dir" ]
 missing=
 for f in pages target inflated deflated inflate_descs deflate_descs kicks alloc_ns host_wait_ns \
-	alloc_failures config_changes host_errors; do
+	blocks alloc_failures floor_stops config_changes host_errors; do
 	[ -r "$dir/$f" ] || missing="$missing $f"
 done
 ktap_check "counters present${missing:+ (missing:$missing)}" [ -z "$missing" ]
