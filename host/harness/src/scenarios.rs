@@ -160,12 +160,7 @@ fn reverse_mid_inflate(g: &mut Guest, d: Driver, out: &mut Vec<Outcome>) -> Resu
             break;
         }
     }
-    g.balloon(mem)?;
-    g.wait_actual(mem, WAIT)?;
-    let total = g.meminfo("MemTotal")?;
-    check(total == total0, || {
-        format!("MemTotal {total} kB, {total0} kB before")
-    })?;
+    deflate_all(g, total0)?;
     let mid = seen > target;
     out.push(Outcome {
         name: format!(
@@ -218,12 +213,7 @@ fn target_beyond_guest(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result
     g.balloon(1)?;
     let settled = g.wait_actual_settles(Duration::from_secs(3), WAIT)?;
     check(settled < mem, || "nothing was inflated".into())?;
-    g.balloon(mem)?;
-    g.wait_actual(mem, WAIT)?;
-    let total = g.meminfo("MemTotal")?;
-    check(total == total0, || {
-        format!("MemTotal {total} kB, {total0} kB before")
-    })?;
+    deflate_all(g, total0)?;
     if d == Driver::Rs {
         let log = g.dmesg()?;
         let n = log.matches("inflating what it can").count();
