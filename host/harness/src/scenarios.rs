@@ -54,6 +54,12 @@ const SCENARIOS: &[Scenario] = &[
         run: target_beyond_guest,
     },
     Scenario {
+        name: "unload_while_moving",
+        mem_mib: 1024,
+        shared: true,
+        run: unload_while_moving,
+    },
+    Scenario {
         name: "repeated_cycles",
         mem_mib: 1024,
         shared: true,
@@ -204,6 +210,41 @@ fn unload_inflated(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()>
     check(actual == g.ram_bytes(), || {
         format!("QMP actual {} MiB after unload", actual / MIB)
     })
+}
+
+/// Unloads the driver while it inflates, with the host changing the target during the removal.
+fn unload_while_moving(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    let mem = g.ram_bytes();
+    g.balloon(mem - 768 * MIB)?;
+    let start = Instant::now();
+    while g.actual()? == mem && start.elapsed() < WAIT {}
+    g.sh(&format!("rmmod {} > /tmp/rmmod.out 2>&1 &", d.name()))?;
+    for mib in [256, 640, 128, 512, 0, 384] {
+        g.balloon(mem - mib * MIB)?;
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let start = Instant::now();
+    while g
+        .exec_timeout(&format!("grep -q '^{} ' /proc/modules", d.name()), WAIT)?
+        .0
+        == 0
+    {
+        check(start.elapsed() < WAIT, || "rmmod did not finish".into())?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let total = g.meminfo("MemTotal")?;
+    check(total == total0, || {
+        format!("MemTotal {total} kB after unload, {total0} kB before")
+    })?;
+    let actual = g.actual()?;
+    check(actual == mem, || {
+        format!("QMP actual {} MiB after unload", actual / MIB)
+    })?;
+    // Loaded again, the driver follows the target the host left.
+    g.load(d)?;
+    g.wait_actual(mem - 384 * MIB, WAIT)?;
+    deflate_all(g, total0)
 }
 
 fn target_beyond_guest(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
