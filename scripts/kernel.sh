@@ -25,8 +25,8 @@ log() { printf '[kernel] %s\n' "$*" >&2; }
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.12)
 key=$( {
 	echo "$srcver"
-	cat "$TOP/kernel/base.config" "$TOP/kernel/$FLAVOUR.config" "$0"
-	for p in "$TOP"/patches/linux/*.patch; do [ -e "$p" ] && { echo "$p"; cat "$p"; }; done
+	cat "$TOP/kernel/base.config" "$TOP/kernel/$FLAVOUR.config" "$TOP/scripts/kernel.sh"
+	for p in "$TOP"/patches/linux/*.patch; do [ -e "$p" ] && { echo "${p##*/}"; cat "$p"; }; done
 	"$RUSTC" --version
 } | sha256sum | cut -c1-16)
 KDIR=$CACHE/linux-$FLAVOUR-$key
