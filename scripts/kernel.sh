@@ -30,11 +30,14 @@ key=$( {
 	"$RUSTC" --version
 } | sha256sum | cut -c1-16)
 KDIR=$CACHE/linux-$FLAVOUR-$key
+mkdir -p "$CACHE"
+# One build per flavour at a time: a second caller waits, then finds the tree done.
+exec 9>"$CACHE/.lock-$FLAVOUR"
+flock 9
 if [ -f "$KDIR/.vbrs-done" ]; then
 	echo "$KDIR"
 	exit 0
 fi
-mkdir -p "$CACHE"
 
 apply_series() { # dir, series dir, [-R]
 	local dir=$1 series=$2 rev=${3:-} p list
@@ -49,8 +52,11 @@ base=$(ls -td "$CACHE"/linux-"$FLAVOUR"-*/.vbrs-done 2>/dev/null | head -n 1 || 
 rm -rf "$KDIR"
 if [ -n "$base" ] && base=$(dirname "$base") && [ "$(cat "$base/.vbrs-srcver")" = "$srcver" ]; then
 	log "new key $key: starting from $(basename "$base")"
-	cp -a "$base" "$KDIR"
-	rm -f "$KDIR/.vbrs-done"
+	# Copy under another name, so an interrupted copy never looks like a finished tree.
+	rm -rf "$KDIR.tmp"
+	cp -a "$base" "$KDIR.tmp"
+	rm -f "$KDIR.tmp/.vbrs-done"
+	mv "$KDIR.tmp" "$KDIR"
 	apply_series "$KDIR" "$KDIR/.vbrs-patches" -R
 else
 	log "extracting $(basename "$TARBALL") ($srcver)"

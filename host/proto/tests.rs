@@ -87,3 +87,106 @@ proptest! {
         prop_assert!(t.pages() <= num);
     }
 }
+
+mod hint {
+    use crate::proto::hint::{coalesce, Action, Range, Rounds, CMD_ID_DONE, CMD_ID_STOP};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+    use std::vec::Vec;
+
+    #[test]
+    fn rounds_follow_the_host() {
+        let mut r = Rounds::new();
+        assert_eq!(r.on_command(CMD_ID_STOP), Action::Nothing);
+        assert_eq!(r.on_command(0x8000_0000), Action::Start(0x8000_0000));
+        // The same id again (another config field changed): the round goes on.
+        assert_eq!(r.on_command(0x8000_0000), Action::Nothing);
+        assert_eq!(r.on_command(CMD_ID_STOP), Action::End);
+        // A finished round's id does not start it again.
+        assert_eq!(r.on_command(0x8000_0000), Action::Nothing);
+        assert_eq!(r.on_command(0x8000_0001), Action::Start(0x8000_0001));
+        r.finish();
+        assert_eq!(r.on_command(CMD_ID_STOP), Action::Nothing);
+        assert_eq!(r.on_command(CMD_ID_DONE), Action::Done);
+        // After DONE the next migration may reuse ids.
+        assert_eq!(r.on_command(0x8000_0001), Action::Start(0x8000_0001));
+        assert_eq!(r.on_command(0x8000_0002), Action::Start(0x8000_0002));
+    }
+
+    fn frames(rs: &[Range]) -> BTreeSet<u64> {
+        rs.iter().flat_map(|r| r.pfn..r.pfn + r.pages).collect()
+    }
+
+    #[test]
+    fn adjacent_blocks_merge() {
+        let mut v = [
+            Range {
+                pfn: 1024,
+                pages: 1024,
+            },
+            Range {
+                pfn: 0,
+                pages: 1024,
+            },
+            Range {
+                pfn: 4096,
+                pages: 1,
+            },
+            Range {
+                pfn: 2048,
+                pages: 512,
+            },
+        ];
+        let n = coalesce(&mut v, 1 << 18);
+        assert_eq!(
+            &v[..n],
+            &[
+                Range {
+                    pfn: 0,
+                    pages: 2560
+                },
+                Range {
+                    pfn: 4096,
+                    pages: 1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn merged_ranges_respect_the_limit() {
+        let mut v = [
+            Range { pfn: 0, pages: 4 },
+            Range { pfn: 4, pages: 4 },
+            Range { pfn: 8, pages: 4 },
+        ];
+        let n = coalesce(&mut v, 6);
+        assert_eq!(
+            &v[..n],
+            &[Range { pfn: 0, pages: 6 }, Range { pfn: 6, pages: 6 }]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn coalesce_keeps_exactly_the_frames(
+            input in proptest::collection::vec((0u64..4096, 0u64..64), 0..64),
+            max in 1u64..200,
+        ) {
+            let mut v: Vec<Range> = input.iter().map(|&(pfn, pages)| Range { pfn, pages }).collect();
+            let before = frames(&v);
+            let n = coalesce(&mut v, max);
+            let out = &v[..n];
+            prop_assert_eq!(frames(out), before);
+            for w in out.windows(2) {
+                // Sorted and disjoint.
+                prop_assert!(w[0].end() <= w[1].pfn);
+            }
+            for r in out {
+                prop_assert!(r.pages > 0);
+                let longest_input = input.iter().map(|&(_, p)| p).max().unwrap_or(0);
+                prop_assert!(r.pages <= max.max(longest_input));
+            }
+        }
+    }
+}

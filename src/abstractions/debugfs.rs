@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! debugfs directories of read-only 64-bit counters.
+//! debugfs directories of 64-bit counters (read-only) and tunables (writable).
 
 use core::sync::atomic::AtomicU64;
 use kernel::{bindings, str::CStr, sync::Arc};
@@ -63,8 +63,14 @@ unsafe impl<C: Send + Sync> Sync for CounterDir<C> {}
 
 impl<C: Send + Sync + 'static> CounterDir<C> {
     /// Creates `name` below the top-level debugfs directory `parent` (created by a [`Dir`]), with
-    /// one file for each of `fields`.
-    pub(crate) fn new(parent: &CStr, name: &CStr, counters: Arc<C>, fields: &[Counter<C>]) -> Self {
+    /// one read-only file for each of `fields` and one writable file for each of `tunables`.
+    pub(crate) fn new(
+        parent: &CStr,
+        name: &CStr,
+        counters: Arc<C>,
+        fields: &[Counter<C>],
+        tunables: &[Counter<C>],
+    ) -> Self {
         // SAFETY: `parent` is a valid C string; a null parent means the debugfs root. The result
         // is a referenced dentry, null or an error pointer.
         let up = unsafe { bindings::debugfs_lookup(parent.as_char_ptr(), core::ptr::null_mut()) };
@@ -76,13 +82,17 @@ impl<C: Send + Sync + 'static> CounterDir<C> {
             // own reference to its parent.
             unsafe { bindings::dput(up) };
         }
-        for (file, get) in fields {
+        let files = fields
+            .iter()
+            .map(|f| (f, 0o444))
+            .chain(tunables.iter().map(|f| (f, 0o644)));
+        for ((file, get), mode) in files {
             let value: &AtomicU64 = get(&counters);
             // SAFETY: `file` is a valid C string, `dentry` a directory or an error pointer, and
             // the value lives in `counters`, kept alive until the directory is removed. Readers
-            // only load the aligned 64-bit value.
+            // and writers load or store the aligned 64-bit value whole, as atomics do.
             unsafe {
-                bindings::debugfs_create_u64(file.as_char_ptr(), 0o444, dentry, value.as_ptr())
+                bindings::debugfs_create_u64(file.as_char_ptr(), mode, dentry, value.as_ptr())
             };
         }
         Self { dentry, counters }

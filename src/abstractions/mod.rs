@@ -8,6 +8,7 @@
 //! handles that release their resource on drop) so that it can be proposed upstream.
 
 pub(crate) mod debugfs;
+pub(crate) mod free_area;
 pub(crate) mod mm;
 pub(crate) mod virtio;
 pub(crate) mod wait;

@@ -8,6 +8,7 @@
 //! the [`Virtqueue`]s, which take back every buffer still queued) and only then deletes the
 //! virtqueues.
 
+use super::free_area::FreeRanges;
 use core::{marker::PhantomData, mem::MaybeUninit, ptr::NonNull};
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
@@ -155,11 +156,20 @@ impl Drop for DeviceRef {
 /// Points to a virtqueue that lives until the adapter deletes the device's queues.
 pub(crate) struct RawVirtqueue(NonNull<bindings::virtqueue>);
 
-/// A buffer that a [`Virtqueue`] carries to the device (device-readable).
-pub(crate) trait OutBuffer {
-    /// The bytes the device reads. They must lie inside the buffer itself (they are checked);
-    /// the buffer is boxed, so they do not move while it is queued.
-    fn out_bytes(&self) -> &[u8];
+/// What a buffer shows the device.
+pub(crate) enum Payload<'a> {
+    /// Bytes the device reads. They must lie inside the buffer itself (they are checked); the
+    /// buffer is boxed, so they do not move while it is queued.
+    Out(&'a [u8]),
+    /// Ranges of free guest memory, one device-writable scatter-gather entry each, as the free
+    /// page hinting protocol sends them: the device takes them as hints and never writes them.
+    FreePages(&'a mut FreeRanges),
+}
+
+/// A buffer that a [`Virtqueue`] carries to the device.
+pub(crate) trait Buffer {
+    /// What the device is shown.
+    fn payload(&mut self) -> Payload<'_>;
 }
 
 /// A virtqueue carrying boxed buffers of type `B` to the device.
@@ -172,7 +182,7 @@ pub(crate) trait OutBuffer {
 ///
 /// `vq` is a live virtqueue of a bound device. `in_flight` counts the buffers queued and not yet
 /// returned; each was queued with the raw pointer of a `KBox<B>` as its token.
-pub(crate) struct Virtqueue<B: OutBuffer> {
+pub(crate) struct Virtqueue<B: Buffer> {
     vq: NonNull<bindings::virtqueue>,
     in_flight: usize,
     _buffers: PhantomData<KBox<B>>,
@@ -180,11 +190,11 @@ pub(crate) struct Virtqueue<B: OutBuffer> {
 
 // SAFETY: Virtqueue operations may run on any thread; `&mut self` serialises them as the virtio
 // core requires.
-unsafe impl<B: OutBuffer + Send> Send for Virtqueue<B> {}
+unsafe impl<B: Buffer + Send> Send for Virtqueue<B> {}
 // SAFETY: Shared references only allow reading the ring size.
-unsafe impl<B: OutBuffer + Send> Sync for Virtqueue<B> {}
+unsafe impl<B: Buffer + Send> Sync for Virtqueue<B> {}
 
-impl<B: OutBuffer> Virtqueue<B> {
+impl<B: Buffer> Virtqueue<B> {
     /// Types a raw virtqueue.
     pub(crate) fn new(raw: RawVirtqueue) -> Self {
         Self {
@@ -206,32 +216,57 @@ impl<B: OutBuffer> Virtqueue<B> {
     }
 
     /// Queues `buf` for the device; on failure (ring full, bad buffer) gives it back.
-    pub(crate) fn add_out(&mut self, buf: KBox<B>) -> core::result::Result<(), (Error, KBox<B>)> {
-        let bytes = buf.out_bytes();
-        let start = bytes.as_ptr() as usize;
+    pub(crate) fn add(&mut self, mut buf: KBox<B>) -> core::result::Result<(), (Error, KBox<B>)> {
         let inner = &*buf as *const B as usize;
-        if bytes.is_empty()
-            || start < inner
-            || start + bytes.len() > inner + core::mem::size_of::<B>()
-        {
-            return Err((EINVAL, buf));
-        }
-        let len = bytes.len() as u32;
-        let mut sg = MaybeUninit::<bindings::scatterlist>::uninit();
-        // SAFETY: `sg` is valid for writes; `start` is inside a kmalloc'd box, so it has a
-        // struct page in the linear map, and `len` bytes from it belong to the box.
-        unsafe { bindings::sg_init_one(sg.as_mut_ptr(), start as *const core::ffi::c_void, len) };
+        let mut one = MaybeUninit::<bindings::scatterlist>::uninit();
+        let (sg, num, out) = match buf.payload() {
+            Payload::Out(bytes) => {
+                let start = bytes.as_ptr() as usize;
+                if bytes.is_empty()
+                    || start < inner
+                    || start + bytes.len() > inner + core::mem::size_of::<B>()
+                {
+                    return Err((EINVAL, buf));
+                }
+                // SAFETY: `one` is valid for writes; `start` is inside a kmalloc'd box, so it has
+                // a struct page in the linear map, and `len` bytes from it belong to the box.
+                unsafe {
+                    bindings::sg_init_one(
+                        one.as_mut_ptr(),
+                        start as *const core::ffi::c_void,
+                        bytes.len() as u32,
+                    )
+                };
+                (one.as_mut_ptr(), 1, true)
+            }
+            Payload::FreePages(ranges) => match ranges.build_sg() {
+                Some((sg, num)) => (sg, num, false),
+                None => return Err((EINVAL, buf)),
+            },
+        };
         let token = KBox::into_raw(buf);
-        // SAFETY: `vq` is live; `sg` was initialised above; the token is the box's pointer, which
-        // stays valid until the queue gives it back.
+        // SAFETY: `vq` is live; `sg` holds `num` initialised entries, either on our stack (the
+        // core copies them into the ring) or inside the box, which stays put until the queue
+        // gives it back; the token is the box's pointer. Out entries point into the box; in
+        // entries are free page hints, which the device does not write.
         let ret = unsafe {
-            bindings::virtqueue_add_outbuf(
-                self.vq.as_ptr(),
-                sg.as_mut_ptr(),
-                1,
-                token.cast(),
-                bindings::GFP_KERNEL,
-            )
+            if out {
+                bindings::virtqueue_add_outbuf(
+                    self.vq.as_ptr(),
+                    sg,
+                    num,
+                    token.cast(),
+                    bindings::GFP_KERNEL,
+                )
+            } else {
+                bindings::virtqueue_add_inbuf(
+                    self.vq.as_ptr(),
+                    sg,
+                    num,
+                    token.cast(),
+                    bindings::GFP_KERNEL,
+                )
+            }
         };
         if ret < 0 {
             // SAFETY: The queue did not take the token, so we still own the box.
@@ -262,7 +297,7 @@ impl<B: OutBuffer> Virtqueue<B> {
     }
 }
 
-impl<B: OutBuffer> Drop for Virtqueue<B> {
+impl<B: Buffer> Drop for Virtqueue<B> {
     fn drop(&mut self) {
         if self.in_flight == 0 {
             return;

@@ -37,6 +37,30 @@ pub(crate) struct Counters {
     pub(crate) config_changes: AtomicU64,
     /// Values from the host that failed a check.
     pub(crate) host_errors: AtomicU64,
+    /// Free page hinting rounds started.
+    pub(crate) hint_rounds: AtomicU64,
+    /// Rounds ended before the walk was over (new id, stop, config change, host trouble).
+    pub(crate) hint_aborts: AtomicU64,
+    /// Times the host said it was done with the hints.
+    pub(crate) hint_done: AtomicU64,
+    /// Buffers of free ranges sent.
+    pub(crate) hint_descs: AtomicU64,
+    /// Free ranges sent (scatter-gather entries).
+    pub(crate) hint_ranges: AtomicU64,
+    /// Free pages reported, counted once per round they were reported in.
+    pub(crate) hint_pages: AtomicU64,
+    /// Duration of the last round, from the id to the stop id, in nanoseconds.
+    pub(crate) hint_round_ns: AtomicU64,
+    /// Duration of every round together, in nanoseconds.
+    pub(crate) hint_round_ns_total: AtomicU64,
+    /// Longest hold of a zone lock by the free list walk, in nanoseconds.
+    pub(crate) hint_lock_max_ns: AtomicU64,
+    /// Holds of a zone lock by the free list walk.
+    pub(crate) hint_lock_holds: AtomicU64,
+    /// Times the walk started a free list again because its resume point had been allocated.
+    pub(crate) hint_restarts: AtomicU64,
+    /// Smallest order of the free blocks reported (writable; 0: every free block).
+    pub(crate) hint_min_order: AtomicU64,
 }
 
 impl Counters {
@@ -56,7 +80,22 @@ impl Counters {
         (c_str!("floor_stops"), |c| &c.floor_stops),
         (c_str!("config_changes"), |c| &c.config_changes),
         (c_str!("host_errors"), |c| &c.host_errors),
+        (c_str!("hint_rounds"), |c| &c.hint_rounds),
+        (c_str!("hint_aborts"), |c| &c.hint_aborts),
+        (c_str!("hint_done"), |c| &c.hint_done),
+        (c_str!("hint_descs"), |c| &c.hint_descs),
+        (c_str!("hint_ranges"), |c| &c.hint_ranges),
+        (c_str!("hint_pages"), |c| &c.hint_pages),
+        (c_str!("hint_round_ns"), |c| &c.hint_round_ns),
+        (c_str!("hint_round_ns_total"), |c| &c.hint_round_ns_total),
+        (c_str!("hint_lock_max_ns"), |c| &c.hint_lock_max_ns),
+        (c_str!("hint_lock_holds"), |c| &c.hint_lock_holds),
+        (c_str!("hint_restarts"), |c| &c.hint_restarts),
     ];
+
+    /// The writable files of the debugfs directory (tunables).
+    pub(crate) const TUNABLES: &'static [Counter<Counters>] =
+        &[(c_str!("hint_min_order"), |c| &c.hint_min_order)];
 }
 
 /// Adds `n` to a counter.

@@ -3,11 +3,12 @@
 //! One balloon device: its queues, its pages and the work item that follows the host's target.
 
 use super::counters::{self, Counters};
+use super::hint::HintState;
 use super::{BalloonDriver, DEBUGFS_DIR};
 use crate::abstractions::{
     debugfs::CounterDir,
     mm::{available_pages, totalram_pages, OwnedPage, PageBlock, PageStack},
-    virtio::{Device, DeviceRef, OutBuffer, Virtqueue},
+    virtio::{Buffer, Device, DeviceRef, Payload, Virtqueue},
     wait::{ms_to_jiffies, WaitQueue},
     work,
 };
@@ -55,9 +56,9 @@ pub(crate) struct Batch {
     pages: PageStack,
 }
 
-impl OutBuffer for Batch {
-    fn out_bytes(&self) -> &[u8] {
-        self.pfns.as_bytes()
+impl Buffer for Batch {
+    fn payload(&mut self) -> Payload<'_> {
+        Payload::Out(self.pfns.as_bytes())
     }
 }
 
@@ -127,8 +128,8 @@ struct State {
 /// A bound balloon device.
 #[pin_data]
 pub(crate) struct Balloon {
-    dev: DeviceRef,
-    index: i32,
+    pub(super) dev: DeviceRef,
+    pub(super) index: i32,
     /// Pages the guest has with the balloon empty: no target can be larger.
     guest_pages: u64,
     /// The balloon stops growing when the guest's available memory falls to this many pages.
@@ -138,21 +139,28 @@ pub(crate) struct Balloon {
     state: Mutex<State>,
     #[pin]
     work: Work<Balloon>,
+    /// Free page hinting, when negotiated.
+    #[pin]
+    pub(super) hint: Mutex<Option<HintState>>,
+    #[pin]
+    hint_work: Work<Balloon, 1>,
     /// Woken when the host uses buffers.
     #[pin]
-    host_wq: WaitQueue,
+    pub(super) host_wq: WaitQueue,
     /// Woken on config changes and on shutdown.
     #[pin]
     event_wq: WaitQueue,
-    config_seq: AtomicU64,
-    stopping: AtomicBool,
+    /// Incremented on every config change.
+    pub(super) config_seq: AtomicU64,
+    pub(super) stopping: AtomicBool,
     /// A host misbehaviour with buffers was logged (logged once per device).
-    warned_host: AtomicBool,
+    pub(super) warned_host: AtomicBool,
     stats: CounterDir<Counters>,
 }
 
 kernel::impl_has_work! {
     impl HasWork<Self> for Balloon { self.work }
+    impl HasWork<Self, 1> for Balloon { self.hint_work }
 }
 
 impl WorkItem for Balloon {
@@ -160,6 +168,14 @@ impl WorkItem for Balloon {
 
     fn run(this: Arc<Balloon>) {
         this.follow_target();
+    }
+}
+
+impl WorkItem<1> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        this.follow_hints();
     }
 }
 
@@ -179,10 +195,47 @@ enum Stop {
 impl Balloon {
     /// Sets up a newly probed device.
     pub(crate) fn new(dev: &Device) -> Result<Arc<Self>> {
-        let [inflate, deflate] =
-            dev.find_vqs::<BalloonDriver, 2>([c_str!("inflate"), c_str!("deflate")])?;
+        // Queues of features not negotiated are left out and the later ones move up.
+        let hinting = dev.has_feature(features::FREE_PAGE_HINT);
+        let stats_vq = dev.has_feature(features::STATS_VQ);
+        let (inflate, deflate, free_page) = match (stats_vq, hinting) {
+            (false, false) => {
+                let [i, d] =
+                    dev.find_vqs::<BalloonDriver, 2>([c_str!("inflate"), c_str!("deflate")])?;
+                (i, d, None)
+            }
+            (true, false) => {
+                let [i, d, _stats] = dev.find_vqs::<BalloonDriver, 3>([
+                    c_str!("inflate"),
+                    c_str!("deflate"),
+                    c_str!("stats"),
+                ])?;
+                (i, d, None)
+            }
+            (false, true) => {
+                let [i, d, f] = dev.find_vqs::<BalloonDriver, 3>([
+                    c_str!("inflate"),
+                    c_str!("deflate"),
+                    c_str!("free_page_vq"),
+                ])?;
+                (i, d, Some(f))
+            }
+            (true, true) => {
+                let [i, d, _stats, f] = dev.find_vqs::<BalloonDriver, 4>([
+                    c_str!("inflate"),
+                    c_str!("deflate"),
+                    c_str!("stats"),
+                    c_str!("free_page_vq"),
+                ])?;
+                (i, d, Some(f))
+            }
+        };
         let inflate_vq = Virtqueue::new(inflate);
         let deflate_vq = Virtqueue::new(deflate);
+        let hint = match free_page {
+            Some(vq) => Some(HintState::new(Virtqueue::new(vq))?),
+            None => None,
+        };
         let batches = MAX_IN_FLIGHT
             .min(inflate_vq.ring_size() as usize)
             .min(deflate_vq.ring_size() as usize)
@@ -198,6 +251,7 @@ impl Balloon {
             &name,
             Arc::new(Counters::default(), GFP_KERNEL)?,
             Counters::FILES,
+            Counters::TUNABLES,
         );
         let tell_host = dev.has_feature(features::MUST_TELL_HOST);
         let guest_pages = totalram_pages();
@@ -219,6 +273,8 @@ impl Balloon {
                     warned_oom: false,
                 }),
                 work <- kernel::new_work!("virtio_balloon_rs::work"),
+                hint <- new_mutex!(hint),
+                hint_work <- kernel::new_work!("virtio_balloon_rs::hint_work"),
                 host_wq <- new_wait_queue!("virtio_balloon_rs::host_wq"),
                 event_wq <- new_wait_queue!("virtio_balloon_rs::event_wq"),
                 config_seq: AtomicU64::new(0),
@@ -229,16 +285,17 @@ impl Balloon {
             GFP_KERNEL,
         )?;
         pr_info!(
-            "virtio{}: balloon ready ({} descriptors in flight, {} PFNs each, must-tell-host {})\n",
+            "virtio{}: balloon ready ({} descriptors in flight, {} PFNs each, must-tell-host {}, free page hints {})\n",
             index,
             batches,
             crate::proto::pfn::PFNS_PER_DESC,
-            if tell_host { "on" } else { "off" }
+            if tell_host { "on" } else { "off" },
+            if hinting { "on" } else { "off" }
         );
         Ok(balloon)
     }
 
-    fn counters(&self) -> &Counters {
+    pub(super) fn counters(&self) -> &Counters {
         self.stats.counters()
     }
 
@@ -246,7 +303,15 @@ impl Balloon {
     pub(crate) fn schedule(self: &Arc<Self>) {
         if !self.stopping.load(Ordering::Acquire) {
             // `Err` means it is queued already, which is all we want.
-            let _ = workqueue::system_freezable().enqueue(self.clone());
+            let _ = workqueue::system_freezable().enqueue::<_, 0>(self.clone());
+        }
+    }
+
+    /// Queues the hint work item (if it is not queued already).
+    fn schedule_hints(self: &Arc<Self>) {
+        if !self.stopping.load(Ordering::Acquire) {
+            // `Err` means it is queued already.
+            let _ = workqueue::system().enqueue::<_, 1>(self.clone());
         }
     }
 
@@ -256,6 +321,7 @@ impl Balloon {
         self.config_seq.fetch_add(1, Ordering::AcqRel);
         self.event_wq.wake_up();
         self.schedule();
+        self.schedule_hints();
     }
 
     /// The host used buffers (interrupt context).
@@ -269,6 +335,7 @@ impl Balloon {
         self.event_wq.wake_up();
         self.host_wq.wake_up();
         work::flush(&self.work);
+        work::flush(&self.hint_work);
         let mut st = self.state.lock();
         while !st.pages.is_empty() {
             let want = st.pages.len().min(u32::MAX as usize) as u32;
@@ -482,7 +549,7 @@ impl Balloon {
                     break;
                 }
                 let n = batch.pfns.len() as u32;
-                match st.inflate_vq.add_out(batch) {
+                match st.inflate_vq.add(batch) {
                     Ok(()) => {
                         queued += n;
                         added = true;
@@ -554,7 +621,7 @@ impl Balloon {
                         give_back(page);
                     }
                 }
-                match st.deflate_vq.add_out(batch) {
+                match st.deflate_vq.add(batch) {
                     Ok(()) => {
                         queued += n;
                         added = true;

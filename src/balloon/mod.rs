@@ -10,8 +10,12 @@
 
 mod counters;
 mod device;
+mod hint;
 
-use crate::abstractions::virtio::{self, Borrowed, Device};
+use crate::abstractions::{
+    free_area, mm,
+    virtio::{self, Borrowed, Device},
+};
 use crate::proto::features;
 use kernel::{c_str, prelude::*, str::CStr, sync::Arc};
 
@@ -29,11 +33,37 @@ impl virtio::Driver for BalloonDriver {
 
     const NAME: &'static CStr = c_str!("virtio_balloon_rs");
     const DEVICE_ID: u32 = features::DEVICE_ID_BALLOON;
-    const FEATURES: &'static [u32] = &[features::MUST_TELL_HOST];
+    const FEATURES: &'static [u32] = &[
+        features::MUST_TELL_HOST,
+        // Negotiated so that the queue numbering matches devices that always have a stats
+        // queue (QEMU); the driver does not send statistics yet, so the queue stays idle.
+        features::STATS_VQ,
+        features::FREE_PAGE_HINT,
+    ];
 
     fn validate(dev: &Device) -> Result {
         // The balloon reports guest-physical frame numbers, never DMA addresses.
         dev.clear_feature(features::ACCESS_PLATFORM);
+        if dev.has_feature(features::FREE_PAGE_HINT) {
+            // Hinted pages stay free and are not migrated: the destination has zeroes where
+            // the source had free pages. That is only harmless when nothing checks what free
+            // pages hold; with page poisoning the next allocation would report corruption.
+            let why = if !free_area::SUPPORTED {
+                Some("memory hot-remove is configured")
+            } else if mm::page_poisoning_enabled() {
+                Some("page poisoning is on")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                pr_info!(
+                    "virtio{}: free page hinting declined: {}\n",
+                    dev.index(),
+                    why
+                );
+                dev.clear_feature(features::FREE_PAGE_HINT);
+            }
+        }
         Ok(())
     }
 

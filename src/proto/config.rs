@@ -68,3 +68,6 @@ impl Step {
         }
     }
 }
+
+/// Offset of `free_page_hint_cmd_id` (le32): the host's free page hinting command id.
+pub(crate) const FREE_PAGE_HINT_CMD_ID: usize = 8;

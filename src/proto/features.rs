@@ -5,6 +5,12 @@
 /// The host must be told before a page leaves the balloon.
 pub(crate) const MUST_TELL_HOST: u32 = 0;
 
+/// The device has a statistics queue (queue 2, before the free page queue).
+pub(crate) const STATS_VQ: u32 = 1;
+
+/// The device asks for hints of free guest memory during migration (free page queue).
+pub(crate) const FREE_PAGE_HINT: u32 = 3;
+
 /// Transport feature: the device uses the platform DMA API (never negotiated by a balloon, which
 /// reports guest-physical frame numbers).
 pub(crate) const ACCESS_PLATFORM: u32 = 33;

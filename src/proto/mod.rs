@@ -8,4 +8,5 @@
 
 pub(crate) mod config;
 pub(crate) mod features;
+pub(crate) mod hint;
 pub(crate) mod pfn;

@@ -52,6 +52,8 @@ pub struct Config {
     pub balloon_props: String,
     /// Extra kernel command line.
     pub append: String,
+    /// Free page hinting on the balloon device (`free-page-hint=on` with an iothread).
+    pub free_page_hint: bool,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
             flavour: "debug",
             balloon_props: String::new(),
             append: String::new(),
+            free_page_hint: false,
         }
     }
 }
@@ -203,6 +206,34 @@ impl Guest {
     }
 
     fn boot_with(cfg: &Config, accel: &'static str, timeout: Duration) -> Result<Guest> {
+        let mut g = Guest::start(cfg, accel, None)?;
+        g.wait_agent(timeout)?;
+        Ok(g)
+    }
+
+    /// Starts a QEMU that waits for an incoming migration on `<run dir>/migrate.sock`, with
+    /// its QMP and command channels connected. The guest runs once the migration completes.
+    pub fn incoming(cfg: &Config) -> Result<Guest> {
+        Guest::start(cfg, accel(), Some("migrate.sock"))
+    }
+
+    /// Waits until the guest's command agent answers.
+    pub fn wait_agent(&mut self, timeout: Duration) -> Result<()> {
+        self.exec_timeout("true", timeout).map(|_| ()).map_err(|e| {
+            format!(
+                "guest {} did not come up: {e}\n{}",
+                self.cfg.name,
+                self.console_tail(30)
+            )
+        })
+    }
+
+    /// The address a migration source sends this (incoming) guest to.
+    pub fn incoming_uri(&self) -> String {
+        format!("unix:{}", self.dir.join("migrate.sock").display())
+    }
+
+    fn start(cfg: &Config, accel: &'static str, incoming: Option<&str>) -> Result<Guest> {
         let art = paths::artifacts(cfg.flavour);
         let initrd = initramfs(cfg.flavour)?;
         let dir = paths::run_dir(&cfg.name);
@@ -245,7 +276,15 @@ impl Guest {
         .arg(format!("unix:{},server=on,wait=off", qmp_sock.display()))
         .args([
             "-device",
-            &format!("virtio-balloon-pci,id=balloon0{}", cfg.balloon_props),
+            &format!(
+                "virtio-balloon-pci,id=balloon0{}{}",
+                if cfg.free_page_hint {
+                    ",free-page-hint=on,iothread=io0"
+                } else {
+                    ""
+                },
+                cfg.balloon_props
+            ),
         ])
         .args(["-device", "virtio-serial-pci,id=vser0"])
         .arg("-chardev")
@@ -253,10 +292,17 @@ impl Guest {
             "socket,id=cmd,path={},server=on,wait=off",
             cmd_sock.display()
         ))
-        .args(["-device", "virtserialport,chardev=cmd,name=vbrs.cmd"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("qemu.stderr")).ctx("qemu.stderr")?);
+        .args(["-device", "virtserialport,chardev=cmd,name=vbrs.cmd"]);
+        if cfg.free_page_hint {
+            qemu.args(["-object", "iothread,id=io0"]);
+        }
+        if let Some(sock) = incoming {
+            qemu.arg("-incoming")
+                .arg(format!("unix:{}", dir.join(sock).display()));
+        }
+        qemu.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("qemu.stderr")).ctx("qemu.stderr")?);
         let mut child = qemu.spawn().ctx("starting qemu-system-x86_64")?;
         let connect = |p: &Path, child: &mut Child| -> Result<UnixStream> {
             let start = Instant::now();
@@ -289,7 +335,7 @@ impl Guest {
         ));
         qmp.handshake()
             .map_err(|e| format!("QMP handshake: {e:?}"))?;
-        let mut g = Guest {
+        Ok(Guest {
             cfg: cfg.clone(),
             accel,
             qemu: child,
@@ -297,15 +343,19 @@ impl Guest {
             cmd: BufReader::new(cs),
             next_id: 1,
             dir,
-        };
-        g.exec_timeout("true", timeout).map_err(|e| {
-            format!(
-                "guest {} did not come up: {e}\n{}",
-                cfg.name,
-                g.console_tail(30)
-            )
-        })?;
-        Ok(g)
+        })
+    }
+
+    /// Runs a QMP command.
+    pub fn qmp<C: qapi::Command>(&mut self, c: &C) -> Result<C::Ok> {
+        self.qmp
+            .execute(c)
+            .map_err(|e| format!("QMP {}: {e:?}", C::NAME))
+    }
+
+    /// Whether QEMU is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.qemu.try_wait(), Ok(None))
     }
 
     /// The last lines of the serial console.

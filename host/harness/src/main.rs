@@ -7,6 +7,8 @@
 mod cpio;
 mod guest;
 mod ktap;
+mod migbench;
+mod migrate;
 mod paths;
 mod report;
 mod scenarios;
@@ -21,7 +23,10 @@ commands:
   run                       boot a 2 GiB guest per driver, inflate to 512 MiB and back, report
   test [--driver rs|c|both] [--filter TEXT] [--list] [--no-unit]
                             run the unit tests and every scenario, ending with 'N passed, N failed'
-  bench [--guest-gib N]     inflate all but 1 GiB of an 8 GiB guest and back, both drivers
+  bench [--guest-gib N] [--only inflate|migration]
+                            inflate all but 1 GiB of an 8 GiB guest and back, both drivers;
+                            migrate 2 and 8 GiB guests (or N) with no hinting, the C driver's
+                            hinting and ours
   shell [--driver rs|c]     boot a guest and run commands typed on stdin in it"
     );
     std::process::exit(2)
@@ -56,6 +61,7 @@ pub struct Opts {
     pub list: bool,
     pub no_unit: bool,
     pub guest_gib: Option<u64>,
+    pub only: Option<String>,
 }
 
 impl Opts {
@@ -77,6 +83,7 @@ impl Opts {
                 }
                 "--filter" => o.filter = Some(it.next().cloned().unwrap_or_else(|| usage())),
                 "--list" => o.list = true,
+                "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
                 "--no-unit" => o.no_unit = true,
                 "--guest-gib" => {
                     o.guest_gib = Some(

@@ -158,5 +158,19 @@ pub fn run(_opts: &Opts) -> Result<bool> {
 /// the kernel without debug options.
 pub fn bench(opts: &Opts) -> Result<bool> {
     let gib = opts.guest_gib.unwrap_or(8).max(2);
-    side_by_side(gib * 1024, (gib - 1) * 1024, "bench", "bench-inflate")
+    let inflate = if opts.only.as_deref() != Some("migration") {
+        side_by_side(gib * 1024, (gib - 1) * 1024, "bench", "bench-inflate")?
+    } else {
+        true
+    };
+    let migration = if opts.only.as_deref() != Some("inflate") {
+        let sizes = match opts.guest_gib {
+            Some(g) => vec![g],
+            None => vec![2, 8],
+        };
+        crate::migbench::bench(&sizes)?
+    } else {
+        true
+    };
+    Ok(inflate && migration)
 }

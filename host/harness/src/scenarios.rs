@@ -3,6 +3,7 @@
 //! both drivers (ours and the C driver).
 
 use crate::guest::{Config, Driver, Guest};
+use crate::migrate::{self, Params, Variant};
 use crate::{ktap, Context, Opts, Result};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,6 +18,10 @@ struct Scenario {
     mem_mib: u64,
     /// Runs with the C driver too.
     shared: bool,
+    /// The balloon device offers free page hinting.
+    hint: bool,
+    /// The guest boots with `page_poison=1` (free pages hold a pattern checked on allocation).
+    poison: bool,
     run: fn(&mut Guest, Driver, &mut Vec<Outcome>) -> Result<()>,
 }
 
@@ -25,24 +30,32 @@ const SCENARIOS: &[Scenario] = &[
         name: "load_unload",
         mem_mib: 512,
         shared: true,
+        hint: false,
+        poison: true,
         run: load_unload,
     },
     Scenario {
         name: "inflate_deflate",
         mem_mib: 1024,
         shared: true,
+        hint: false,
+        poison: true,
         run: inflate_deflate,
     },
     Scenario {
         name: "reverse_mid_inflate",
         mem_mib: 1024,
         shared: true,
+        hint: false,
+        poison: true,
         run: reverse_mid_inflate,
     },
     Scenario {
         name: "unload_inflated",
         mem_mib: 1024,
         shared: true,
+        hint: false,
+        poison: true,
         run: unload_inflated,
     },
     // Ours only: the C driver inflates down to the min watermark, and a guest with nothing
@@ -51,25 +64,91 @@ const SCENARIOS: &[Scenario] = &[
         name: "target_beyond_guest",
         mem_mib: 512,
         shared: false,
+        hint: false,
+        poison: true,
         run: target_beyond_guest,
     },
     Scenario {
         name: "unload_while_moving",
         mem_mib: 1024,
         shared: true,
+        hint: false,
+        poison: true,
         run: unload_while_moving,
     },
     Scenario {
         name: "repeated_cycles",
         mem_mib: 1024,
         shared: true,
+        hint: false,
+        poison: true,
         run: repeated_cycles,
     },
     Scenario {
         name: "selftests",
         mem_mib: 512,
         shared: true,
+        hint: false,
+        poison: true,
         run: selftests,
+    },
+    Scenario {
+        name: "migrate_idle",
+        mem_mib: 1024,
+        shared: true,
+        hint: false,
+        poison: true,
+        run: migrate_idle,
+    },
+    Scenario {
+        name: "migrate_idle_hint",
+        mem_mib: 1024,
+        shared: true,
+        hint: true,
+        poison: false,
+        run: migrate_idle,
+    },
+    Scenario {
+        name: "migrate_after_workload",
+        mem_mib: 1024,
+        shared: true,
+        hint: false,
+        poison: true,
+        run: migrate_after_workload,
+    },
+    Scenario {
+        name: "migrate_after_workload_hint",
+        mem_mib: 1024,
+        shared: true,
+        hint: true,
+        poison: false,
+        run: migrate_after_workload,
+    },
+    Scenario {
+        name: "migrate_during_churn",
+        mem_mib: 1024,
+        shared: true,
+        hint: false,
+        poison: true,
+        run: migrate_during_churn,
+    },
+    Scenario {
+        name: "migrate_during_churn_hint",
+        mem_mib: 1024,
+        shared: true,
+        hint: true,
+        poison: false,
+        run: migrate_during_churn,
+    },
+    // Ours only: with page poisoning, hinted pages would arrive unpoisoned on the destination,
+    // so our driver declines hinting (the C driver allocates what it hints, so it may go on).
+    Scenario {
+        name: "migrate_hint_poisoned",
+        mem_mib: 1024,
+        shared: false,
+        hint: true,
+        poison: true,
+        run: migrate_hint_poisoned,
     },
 ];
 
@@ -307,6 +386,70 @@ fn selftests(g: &mut Guest, d: Driver, out: &mut Vec<Outcome>) -> Result<()> {
     Ok(())
 }
 
+/// Migration with integrity checks (in `migrate::run_case`), plus what hinting must achieve.
+/// With `hint`, the guest's driver is expected to send free page hints.
+fn migration(g: &mut Guest, d: Driver, v: Variant, hint: bool) -> Result<()> {
+    let mem = g.ram_bytes();
+    let c = migrate::run_case(g, d, v, Params::default())?;
+    let s = &c.stats;
+    let summary = format!(
+        "{} ms, downtime {} ms, {} MiB sent, lowest free {} of {} MiB{}",
+        s.total_ms,
+        s.downtime_ms,
+        s.transferred / MIB,
+        c.min_free_kib >> 10,
+        c.free_before_kib >> 10,
+        c.hint_rounds
+            .map(|r| format!(", {r} hint rounds"))
+            .unwrap_or_default()
+    );
+    eprintln!("[vbrs]   {summary}");
+    if hint && v == Variant::AfterWorkload {
+        check(s.transferred < mem / 2, || {
+            format!("hinting should skip the freed memory, but {summary}")
+        })?;
+    }
+    if hint && d == Driver::Rs {
+        check(c.hint_rounds.unwrap_or(0) > 0, || {
+            format!("no hinting round ran: {summary}")
+        })?;
+        if v == Variant::AfterWorkload {
+            // The walk takes no memory from the guest.
+            check(c.min_free_kib * 2 > c.free_before_kib, || {
+                format!("free memory dipped during hinting: {summary}")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn migrate_idle(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let hint = g.cfg.free_page_hint;
+    migration(g, d, Variant::Idle, hint)
+}
+
+fn migrate_after_workload(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let hint = g.cfg.free_page_hint;
+    migration(g, d, Variant::AfterWorkload, hint)
+}
+
+fn migrate_during_churn(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let hint = g.cfg.free_page_hint;
+    migration(g, d, Variant::Churn, hint)
+}
+
+fn migrate_hint_poisoned(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let log = g.dmesg()?;
+    check(
+        log.contains("free page hinting declined: page poisoning is on"),
+        || "no 'free page hinting declined' line with page_poison=1".into(),
+    )?;
+    migration(g, d, Variant::AfterWorkload, false)?;
+    check(debugfs(g, "hint_rounds")? == 0, || {
+        "hinting ran although page poisoning is on".into()
+    })
+}
+
 fn run_one(s: &Scenario, d: Driver) -> Vec<Outcome> {
     let name = format!("{} [{}]", s.name, d.label());
     eprintln!("[vbrs] scenario {name}: booting a {} MiB guest", s.mem_mib);
@@ -314,7 +457,10 @@ fn run_one(s: &Scenario, d: Driver) -> Vec<Outcome> {
     let mut extra = Vec::new();
     let res = (|| -> Result<()> {
         let mut cfg = Config::new(&format!("{}-{}", s.name, d.label()), s.mem_mib);
-        cfg.append = "page_poison=1".into();
+        if s.poison {
+            cfg.append = "page_poison=1".into();
+        }
+        cfg.free_page_hint = s.hint;
         let mut g = Guest::boot(&cfg)?;
         g.load(d)?;
         let r = (s.run)(&mut g, d, &mut extra);

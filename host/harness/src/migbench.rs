@@ -1,0 +1,229 @@
+//! `make bench`, migration part: the migration cases with no hinting, the C driver's hinting and
+//! ours, side by side, for each guest size, on the kernel without debug options.
+
+use crate::guest::{Config, Driver, Guest};
+use crate::migrate::{self, Case, Params, Variant};
+use crate::{paths, Context, Result};
+
+const MIB: u64 = 1 << 20;
+
+/// One configuration of the comparison.
+#[derive(Clone, Copy)]
+struct Setup {
+    label: &'static str,
+    driver: Driver,
+    hint: bool,
+}
+
+const SETUPS: &[Setup] = &[
+    Setup {
+        label: "no hinting",
+        driver: Driver::Rs,
+        hint: false,
+    },
+    Setup {
+        label: "C driver hinting",
+        driver: Driver::C,
+        hint: true,
+    },
+    Setup {
+        label: "our hinting",
+        driver: Driver::Rs,
+        hint: true,
+    },
+];
+
+const VARIANTS: &[Variant] = &[Variant::Idle, Variant::AfterWorkload, Variant::Churn];
+
+struct Row {
+    gib: u64,
+    variant: Variant,
+    setup: Setup,
+    accel: &'static str,
+    result: Result<Case>,
+}
+
+fn one(gib: u64, v: Variant, s: Setup) -> (Row, bool) {
+    let mut cfg = Config::new(&format!("bench-mig-{}", s.driver.label()), gib * 1024);
+    cfg.flavour = "bench";
+    cfg.free_page_hint = s.hint;
+    eprintln!(
+        "[vbrs] migration bench: {gib} GiB, {}, {}",
+        v.label(),
+        s.label
+    );
+    let mut accel = "";
+    let mut clean = false;
+    let result = (|| {
+        let mut g = Guest::boot(&cfg)?;
+        accel = g.accel;
+        g.load(s.driver)?;
+        let c = migrate::run_case(&mut g, s.driver, v, Params::default())?;
+        clean = g.check_dmesg().is_ok();
+        Ok(c)
+    })();
+    if let Err(e) = &result {
+        eprintln!("[vbrs]   failed: {e}");
+    }
+    (
+        Row {
+            gib,
+            variant: v,
+            setup: s,
+            accel,
+            result,
+        },
+        clean,
+    )
+}
+
+fn ms(ns: Option<u64>) -> String {
+    ns.map(|n| format!("{:.1}", n as f64 / 1e6))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    s += &format!(
+        "Live migration over a unix socket, max-bandwidth {} GiB/s, downtime-limit {} ms, {} \
+         (QEMU {}); bench kernel. Live data {} MiB; 'after workload': most of memory written \
+         with random data and freed just before; 'churn': {} x {} MiB files rewritten during \
+         migration.\n\n",
+        Params::default().max_bandwidth >> 30,
+        Params::default().downtime_limit_ms,
+        rows.first().map(|r| r.accel).unwrap_or(""),
+        qemu_version(),
+        migrate::LIVE_MIB,
+        4,
+        migrate::CHURN_MIB,
+    );
+    s += &format!(
+        "{:<5} {:<15} {:<17} {:>9} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12}\n",
+        "guest",
+        "case",
+        "configuration",
+        "total ms",
+        "downtime",
+        "setup",
+        "sent MiB",
+        "hint ms",
+        "lock max us",
+        "min free MiB"
+    );
+    for r in rows {
+        match &r.result {
+            Ok(c) => {
+                s += &format!(
+                    "{:<5} {:<15} {:<17} {:>9} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12}\n",
+                    format!("{}G", r.gib),
+                    r.variant.label(),
+                    r.setup.label,
+                    c.stats.total_ms,
+                    c.stats.downtime_ms,
+                    c.stats.setup_ms,
+                    c.stats.transferred / MIB,
+                    ms(c.hint_ns),
+                    c.hint_lock_max_ns
+                        .map(|n| format!("{:.1}", n as f64 / 1e3))
+                        .unwrap_or_else(|| "-".into()),
+                    format!("{} / {}", c.min_free_kib >> 10, c.free_before_kib >> 10),
+                );
+            }
+            Err(e) => {
+                s += &format!(
+                    "{:<5} {:<15} {:<17} FAILED: {}\n",
+                    format!("{}G", r.gib),
+                    r.variant.label(),
+                    r.setup.label,
+                    e.lines().next().unwrap_or("")
+                );
+            }
+        }
+    }
+    s += "\nhint ms: guest time in hinting rounds, from the command id to the stop id (ours only; \
+          the C driver has no such counter). min free: lowest MemFree during migration / MemFree \
+          just before it.\n";
+    s
+}
+
+fn csv(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "guest_gib,case,configuration,driver,free_page_hint,accel,ok,total_ms,downtime_ms,\
+         setup_ms,transferred_bytes,normal_pages,duplicate_pages,dirty_syncs,hint_rounds,\
+         hint_ns,hint_lock_max_ns,free_before_kib,min_free_kib,churn_files\n",
+    );
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+    for r in rows {
+        let head = format!(
+            "{},{},{},{},{},{}",
+            r.gib,
+            r.variant.label(),
+            r.setup.label,
+            r.setup.driver.name(),
+            r.setup.hint,
+            r.accel
+        );
+        match &r.result {
+            Ok(c) => {
+                let st = &c.stats;
+                s += &format!(
+                    "{head},true,{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    st.total_ms,
+                    st.downtime_ms,
+                    st.setup_ms,
+                    st.transferred,
+                    st.normal_pages,
+                    st.duplicate_pages,
+                    st.dirty_syncs,
+                    opt(c.hint_rounds),
+                    opt(c.hint_ns),
+                    opt(c.hint_lock_max_ns),
+                    c.free_before_kib,
+                    c.min_free_kib,
+                    c.churn_files
+                );
+            }
+            Err(_) => s += &format!("{head},false,,,,,,,,,,,,,\n"),
+        }
+    }
+    s
+}
+
+fn qemu_version() -> String {
+    std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(3)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// Runs every case for each guest size; prints the table and writes it as text and CSV.
+pub fn bench(sizes: &[u64]) -> Result<bool> {
+    let mut rows = Vec::new();
+    let mut all_clean = true;
+    for &gib in sizes {
+        for &v in VARIANTS {
+            for &s in SETUPS {
+                let (row, clean) = one(gib, v, s);
+                all_clean &= clean && row.result.is_ok();
+                rows.push(row);
+            }
+        }
+    }
+    let text = table(&rows);
+    println!("{text}");
+    let dir = paths::artifacts("bench");
+    std::fs::write(dir.join("bench-migration.txt"), &text).ctx("writing the report")?;
+    std::fs::write(dir.join("bench-migration.csv"), csv(&rows)).ctx("writing the report")?;
+    println!(
+        "(written to {})",
+        dir.join("bench-migration.{txt,csv}").display()
+    );
+    Ok(all_clean)
+}

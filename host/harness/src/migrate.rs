@@ -1,0 +1,308 @@
+//! Live migration between two local QEMU processes, and the guest-side workloads the migration
+//! scenarios and benchmarks run around it.
+
+use crate::guest::{Config, Guest};
+use crate::Result;
+use qapi::qmp;
+use serde::{Serialize, Serializer};
+use std::time::{Duration, Instant};
+
+/// Migration parameters, pinned so that runs compare.
+#[derive(Clone, Copy)]
+pub struct Params {
+    /// Bytes per second.
+    pub max_bandwidth: u64,
+    /// Milliseconds.
+    pub downtime_limit_ms: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        // As in the reference measurements: bandwidth is not the limit, default downtime.
+        Params {
+            max_bandwidth: 100 << 30,
+            downtime_limit_ms: 300,
+        }
+    }
+}
+
+/// What QEMU reports for a completed migration.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub total_ms: u64,
+    pub downtime_ms: u64,
+    pub setup_ms: u64,
+    pub transferred: u64,
+    pub normal_pages: u64,
+    pub duplicate_pages: u64,
+    pub dirty_syncs: u64,
+}
+
+/// `query-migrate`, answered as raw JSON: QEMU 7.2 leaves out fields newer schemas require.
+struct QueryMigrate;
+
+impl Serialize for QueryMigrate {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+impl qapi::Command for QueryMigrate {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "query-migrate";
+    const ALLOW_OOB: bool = false;
+}
+
+/// Migrates `src` to a new QEMU started from `dst_cfg`; returns the destination guest (its
+/// agent answering) and QEMU's statistics. The source is left paused; drop it to quit it.
+pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, Stats)> {
+    let mut dst = Guest::incoming(dst_cfg)?;
+    let params = qmp::MigrateSetParameters {
+        max_bandwidth: Some(p.max_bandwidth),
+        downtime_limit: Some(p.downtime_limit_ms),
+        ..Default::default()
+    };
+    src.qmp(&qmp::migrate_set_parameters::from(params))?;
+    src.qmp(&qmp::migrate {
+        uri: Some(dst.incoming_uri()),
+        channels: None,
+        detach: None,
+        resume: None,
+    })?;
+    let start = Instant::now();
+    let info = loop {
+        let info = src.qmp(&QueryMigrate)?;
+        match info["status"].as_str().unwrap_or("") {
+            "completed" => break info,
+            "failed" | "cancelled" => {
+                return Err(format!(
+                    "migration {}: {}",
+                    info["status"],
+                    info["error-desc"].as_str().unwrap_or("no reason given")
+                ))
+            }
+            _ => {}
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(format!("migration still running after 600 s: {info}"));
+        }
+        if !dst.alive() {
+            return Err("destination QEMU exited during migration".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let stats = Stats {
+        total_ms: n(&info["total-time"]),
+        downtime_ms: n(&info["downtime"]),
+        setup_ms: n(&info["setup-time"]),
+        transferred: n(&info["ram"]["transferred"]),
+        normal_pages: n(&info["ram"]["normal"]),
+        duplicate_pages: n(&info["ram"]["duplicate"]),
+        dirty_syncs: n(&info["ram"]["dirty-sync-count"]),
+    };
+    dst.wait_agent(Duration::from_secs(120))
+        .map_err(|e| format!("after migration: {e}"))?;
+    Ok((dst, stats))
+}
+
+/// Writes `mib` MiB of random data to a tmpfs file and checksums it: data the guest keeps.
+pub fn write_live_data(g: &mut Guest, mib: u64) -> Result<()> {
+    g.sh(&format!(
+        "mkdir -p /tmp/live && dd if=/dev/urandom of=/tmp/live/data bs=1048576 count={mib} 2>/dev/null && \
+         cd /tmp/live && sha256sum data > data.sum"
+    ))
+    .map(|_| ())
+}
+
+/// Checks the live data against its checksum.
+pub fn verify_live_data(g: &mut Guest) -> Result<()> {
+    g.sh("cd /tmp/live && sha256sum -c data.sum")
+        .map(|_| ())
+        .map_err(|e| format!("live data corrupted: {e}"))
+}
+
+/// The memory-consuming workload that ends just before migration: fills `mib` MiB of guest
+/// memory with random data (a 16 MiB block from /dev/urandom, written over and over to a tmpfs
+/// file), then frees it.
+pub fn fill_and_free(g: &mut Guest, mib: u64) -> Result<()> {
+    let blocks = mib.div_ceil(16);
+    g.sh(&format!(
+        "dd if=/dev/urandom of=/tmp/seed bs=1048576 count=16 2>/dev/null && \
+         i=0; while [ $i -lt {blocks} ]; do cat /tmp/seed; i=$((i+1)); done > /tmp/fill && \
+         rm -f /tmp/fill /tmp/seed"
+    ))
+    .map(|_| ())
+}
+
+const CHURN: &str = r#"i=0
+while [ ! -e /tmp/churn.stop ]; do
+	f=f$((i % 4))
+	rm -f /tmp/churn/$f /tmp/churn/$f.sum
+	dd if=/dev/urandom of=/tmp/churn/$f.new bs=1048576 count=@MIB@ 2>/dev/null && mv /tmp/churn/$f.new /tmp/churn/$f &&
+		(cd /tmp/churn && sha256sum $f > $f.sum)
+	i=$((i+1))
+	echo $i > /tmp/churn.rounds
+done
+rm -f /tmp/churn/*.new
+touch /tmp/churn.done
+"#;
+
+/// Starts a process that keeps allocating, writing and freeing memory: it rewrites four files
+/// of `mib` MiB of random data in turn, recording each one's checksum once it is complete.
+pub fn start_churn(g: &mut Guest, mib: u64) -> Result<()> {
+    let script = CHURN.replace("@MIB@", &mib.to_string());
+    g.sh(&format!(
+        "mkdir -p /tmp/churn && cat > /tmp/churn.sh <<'VBRS'\n{script}VBRS\n\
+         setsid sh /tmp/churn.sh </dev/null >/dev/null 2>&1 &\n\
+         i=0; while [ ! -e /tmp/churn.rounds ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"
+    ))
+    .map(|_| ())
+}
+
+/// Stops the churn process and checks every file it completed against its checksum; returns
+/// how many files it wrote.
+pub fn stop_and_verify_churn(g: &mut Guest) -> Result<u64> {
+    g.sh("touch /tmp/churn.stop; i=0; \
+         while [ ! -e /tmp/churn.done ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+         [ -e /tmp/churn.done ]")
+        .map_err(|e| format!("churn process did not stop: {e}"))?;
+    let out = g.sh(
+        "cd /tmp/churn && for s in *.sum; do [ -e \"$s\" ] && sha256sum -c \"$s\"; done 2>&1; true",
+    )?;
+    if out.contains("FAILED") || !out.contains("OK") {
+        return Err(format!("churn data corrupted or missing: {out}"));
+    }
+    let rounds = g.sh("cat /tmp/churn.rounds 2>/dev/null || echo 0")?;
+    Ok(rounds.trim().parse().unwrap_or(0))
+}
+
+const SAMPLER: &str = r#"min=999999999
+while [ ! -e /tmp/sampler.stop ]; do
+	while read k v u; do [ "$k" = MemFree: ] && break; done < /proc/meminfo
+	if [ "$v" -lt "$min" ]; then min=$v; echo $min > /tmp/minfree; fi
+	usleep 20000
+done
+touch /tmp/sampler.done
+"#;
+
+/// Starts sampling the guest's free memory (MemFree) every 20 ms, keeping the lowest value.
+pub fn start_free_sampler(g: &mut Guest) -> Result<()> {
+    g.sh(&format!(
+        "cat > /tmp/sampler.sh <<'VBRS'\n{SAMPLER}VBRS\n\
+         setsid sh /tmp/sampler.sh </dev/null >/dev/null 2>&1 &\n\
+         i=0; while [ ! -e /tmp/minfree ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done"
+    ))
+    .map(|_| ())
+}
+
+/// Stops the sampler; returns the lowest MemFree it saw, in KiB.
+pub fn stop_free_sampler(g: &mut Guest) -> Result<u64> {
+    let out = g.sh("touch /tmp/sampler.stop; i=0; \
+         while [ ! -e /tmp/sampler.done ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+         cat /tmp/minfree")?;
+    out.trim()
+        .parse()
+        .map_err(|_| format!("bad sampler output: {out}"))
+}
+
+/// What the guest does around a migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Nothing besides the live data.
+    Idle,
+    /// A workload filled most of memory with random data and exited just before migration.
+    AfterWorkload,
+    /// A process keeps allocating, writing and freeing memory during the migration.
+    Churn,
+}
+
+impl Variant {
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Idle => "idle",
+            Variant::AfterWorkload => "after workload",
+            Variant::Churn => "churn",
+        }
+    }
+}
+
+/// Live data the guest keeps across the migration, in MiB.
+pub const LIVE_MIB: u64 = 64;
+/// Size of each of the four files the churn process rewrites, in MiB.
+pub const CHURN_MIB: u64 = 16;
+
+/// The outcome of one migration case, every check passed.
+#[derive(Clone, Debug, Default)]
+pub struct Case {
+    pub stats: Stats,
+    /// The guest's free memory just before migration, in KiB.
+    pub free_before_kib: u64,
+    /// The lowest free memory seen during migration, in KiB.
+    pub min_free_kib: u64,
+    /// Hinting rounds and their total time in the guest (our driver only).
+    pub hint_rounds: Option<u64>,
+    pub hint_ns: Option<u64>,
+    /// Longest zone lock hold of our walk, in ns.
+    pub hint_lock_max_ns: Option<u64>,
+    /// Files the churn process completed.
+    pub churn_files: u64,
+}
+
+fn rs_counter(g: &mut Guest, file: &str) -> Result<u64> {
+    g.read_u64(&format!(
+        "/sys/kernel/debug/virtio_balloon_rs/virtio*/{file}"
+    ))
+}
+
+/// Runs one migration case on `g` (a booted guest with driver `d` loaded) and leaves `g` as the
+/// guest on the destination. Checks that the live data (and the churn process's files) arrive
+/// intact and that the guest keeps running.
+pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -> Result<Case> {
+    write_live_data(g, LIVE_MIB)?;
+    match v {
+        Variant::Idle => {}
+        Variant::AfterWorkload => {
+            // Most of what is left: the guest keeps 96 MiB and its live data.
+            let avail_mib = g.meminfo("MemAvailable")? >> 10;
+            fill_and_free(g, avail_mib.saturating_sub(96).max(16))?;
+        }
+        Variant::Churn => start_churn(g, CHURN_MIB)?,
+    }
+    let free_before_kib = g.meminfo("MemFree")?;
+    start_free_sampler(g)?;
+    let mut dst_cfg = g.cfg.clone();
+    dst_cfg.name = format!("{}-dst", g.cfg.name);
+    let (dst, stats) = migrate(g, &dst_cfg, p)?;
+    // The source is paused; dropping it quits it.
+    drop(std::mem::replace(g, dst));
+    let min_free_kib = stop_free_sampler(g)?;
+    verify_live_data(g)?;
+    let churn_files = if v == Variant::Churn {
+        stop_and_verify_churn(g)?
+    } else {
+        0
+    };
+    // The guest goes on working on the destination.
+    g.sh("dd if=/dev/urandom of=/tmp/after bs=1048576 count=32 2>/dev/null && sha256sum /tmp/after > /dev/null && rm /tmp/after")?;
+    let rs = d == crate::guest::Driver::Rs && g.cfg.free_page_hint;
+    let (hint_rounds, hint_ns, hint_lock_max_ns) = if rs {
+        (
+            Some(rs_counter(g, "hint_rounds")?),
+            Some(rs_counter(g, "hint_round_ns_total")?),
+            Some(rs_counter(g, "hint_lock_max_ns")?),
+        )
+    } else {
+        (None, None, None)
+    };
+    Ok(Case {
+        stats,
+        free_before_kib,
+        min_free_kib,
+        hint_rounds,
+        hint_ns,
+        hint_lock_max_ns,
+        churn_files,
+    })
+}

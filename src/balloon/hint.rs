@@ -1,0 +1,282 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Free page hinting: during live migration the host asks, round after round, for the guest's
+//! free memory, and skips sending what it is told is free.
+//!
+//! A round starts when `free_page_hint_cmd_id` shows a new id: the driver sends the id on the
+//! free page queue, then the free ranges found by walking the zones' free lists (see
+//! [`crate::abstractions::free_area`]), many ranges per buffer, and closes the round with the
+//! stop id. Nothing is allocated for it and no memory is taken from the guest, unlike the C
+//! driver, which allocates 4 MiB blocks until none is left. A new id, the stop id, any other
+//! config change, device removal or an unresponsive host end a round early.
+
+use super::counters;
+use super::device::Balloon;
+use crate::abstractions::{
+    free_area::{FreeListWalk, FreeRanges},
+    virtio::{Buffer, Payload, Virtqueue},
+    wait::ms_to_jiffies,
+};
+use crate::proto::{
+    config,
+    hint::{Action, Rounds, CMD_ID_STOP},
+};
+use core::sync::atomic::Ordering;
+use kernel::{
+    alloc::{flags::GFP_KERNEL, KBox, KVec},
+    prelude::*,
+    time::Ktime,
+};
+
+/// Buffers on the free page queue, at most (also bounded by the ring size).
+const HINT_BUFFERS: usize = 8;
+/// How long the host may take to use a hint buffer before the round is given up.
+const HINT_HOST_TIMEOUT_MS: u32 = 5_000;
+
+/// A buffer of the free page queue: a command id (out) or free ranges (in).
+pub(crate) struct HintBuf {
+    cmd: [u8; 4],
+    is_cmd: bool,
+    ranges: KBox<FreeRanges>,
+}
+
+impl Buffer for HintBuf {
+    fn payload(&mut self) -> Payload<'_> {
+        if self.is_cmd {
+            Payload::Out(&self.cmd)
+        } else {
+            Payload::FreePages(&mut self.ranges)
+        }
+    }
+}
+
+/// The free page queue and what goes with it, under the device's hint mutex.
+pub(crate) struct HintState {
+    vq: Virtqueue<HintBuf>,
+    /// Buffers not on the queue (`None`: that one is on the queue).
+    spare: KVec<Option<KBox<HintBuf>>>,
+    rounds: Rounds,
+}
+
+impl HintState {
+    /// Sets up hinting on the free page queue.
+    pub(crate) fn new(vq: Virtqueue<HintBuf>) -> Result<Self> {
+        let n = HINT_BUFFERS.min(vq.ring_size() as usize).max(2);
+        let mut spare = KVec::with_capacity(n, GFP_KERNEL)?;
+        for _ in 0..n {
+            let buf = HintBuf {
+                cmd: [0; 4],
+                is_cmd: false,
+                ranges: FreeRanges::new_boxed()?,
+            };
+            spare.push(Some(KBox::new(buf, GFP_KERNEL)?), GFP_KERNEL)?;
+        }
+        Ok(Self {
+            vq,
+            spare,
+            rounds: Rounds::new(),
+        })
+    }
+
+    fn take(&mut self) -> Option<KBox<HintBuf>> {
+        self.spare.iter_mut().find_map(Option::take)
+    }
+
+    fn put(&mut self, mut buf: KBox<HintBuf>) {
+        buf.ranges.clear();
+        if let Some(slot) = self.spare.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some(buf);
+        }
+    }
+}
+
+/// Why a round ended.
+#[derive(PartialEq, Eq)]
+enum RoundEnd {
+    /// Every free list was walked.
+    Complete,
+    /// The host changed the command id (or another config field), or the device goes away.
+    Interrupted,
+    /// The host did not use buffers in time, or refused one.
+    HostTrouble,
+}
+
+impl Balloon {
+    /// The hint work item: follows the host's command id.
+    pub(crate) fn follow_hints(&self) {
+        let mut guard = self.hint.lock();
+        let Some(st) = guard.as_mut() else {
+            return;
+        };
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            self.reclaim_hints(st);
+            let raw = self.dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID);
+            match st.rounds.on_command(raw) {
+                Action::Nothing | Action::End => return,
+                Action::Done => {
+                    // The host no longer needs hints; the driver holds no memory for them.
+                    counters::add(&self.counters().hint_done, 1);
+                    return;
+                }
+                Action::Start(id) => self.hint_round(st, id),
+            }
+        }
+    }
+
+    /// Takes back the buffers the host has used.
+    fn reclaim_hints(&self, st: &mut HintState) {
+        while let Some((buf, len)) = st.vq.get_used() {
+            self.check_hint_used(&buf, len);
+            st.put(buf);
+        }
+    }
+
+    /// Checks the length the host reports for a used hint buffer: hints are never written, and
+    /// QEMU reports 1 byte for every element, so anything above 1 is a host error.
+    fn check_hint_used(&self, _buf: &HintBuf, len: u32) {
+        if len > 1 {
+            counters::add(&self.counters().host_errors, 1);
+            if !self.warned_host.swap(true, Ordering::Relaxed) {
+                pr_warn!(
+                    "virtio{}: host reports {} bytes written to a free page hint; ignored\n",
+                    self.index,
+                    len
+                );
+            }
+        }
+    }
+
+    /// A spare buffer, waiting for the host to use one if all are queued.
+    fn hint_buffer(&self, st: &mut HintState) -> Option<KBox<HintBuf>> {
+        loop {
+            self.reclaim_hints(st);
+            if let Some(buf) = st.take() {
+                return Some(buf);
+            }
+            let start = Ktime::ktime_get();
+            let mut used = None;
+            self.host_wq
+                .wait_timeout(ms_to_jiffies(HINT_HOST_TIMEOUT_MS), || {
+                    used = st.vq.get_used();
+                    used.is_some() || self.stopping.load(Ordering::Acquire)
+                });
+            counters::add(&self.counters().host_wait_ns, elapsed_ns(start));
+            match used {
+                Some((buf, len)) => {
+                    self.check_hint_used(&buf, len);
+                    st.put(buf);
+                }
+                None if self.stopping.load(Ordering::Acquire) => return None,
+                None => {
+                    counters::add(&self.counters().host_errors, 1);
+                    if !self.warned_host.swap(true, Ordering::Relaxed) {
+                        pr_warn!(
+                            "virtio{}: host did not use free page hints for {} ms; ending the round\n",
+                            self.index,
+                            HINT_HOST_TIMEOUT_MS
+                        );
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Sends a command id (the round's id, or the stop id).
+    fn send_cmd(&self, st: &mut HintState, id: u32) -> bool {
+        let Some(mut buf) = self.hint_buffer(st) else {
+            return false;
+        };
+        buf.cmd = id.to_le_bytes();
+        buf.is_cmd = true;
+        match st.vq.add(buf) {
+            Ok(()) => {
+                st.vq.kick();
+                true
+            }
+            Err((_, mut buf)) => {
+                buf.is_cmd = false;
+                st.put(buf);
+                false
+            }
+        }
+    }
+
+    /// One round: the id, the free ranges, the stop id.
+    fn hint_round(&self, st: &mut HintState, id: u32) {
+        let c = self.counters();
+        let start = Ktime::ktime_get();
+        let seq = self.config_seq.load(Ordering::Acquire);
+        counters::add(&c.hint_rounds, 1);
+        let min_order = c
+            .hint_min_order
+            .load(Ordering::Relaxed)
+            .min(u64::from(u32::MAX)) as u32;
+        let mut walk = FreeListWalk::new(min_order);
+        // Asked between two holds of a zone lock: has the round been overtaken?
+        let interrupted = || {
+            self.stopping.load(Ordering::Acquire)
+                || (self.config_seq.load(Ordering::Acquire) != seq
+                    && self.dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID) != id)
+        };
+        let mut end = if self.send_cmd(st, id) {
+            RoundEnd::Complete
+        } else {
+            RoundEnd::HostTrouble
+        };
+        while end == RoundEnd::Complete && !walk.is_done() {
+            let Some(mut buf) = self.hint_buffer(st) else {
+                end = RoundEnd::HostTrouble;
+                break;
+            };
+            buf.is_cmd = false;
+            walk.fill(&mut buf.ranges, interrupted);
+            if buf.ranges.is_empty() {
+                st.put(buf);
+                if !walk.is_done() {
+                    end = RoundEnd::Interrupted;
+                }
+                break;
+            }
+            let (ranges, pages) = (buf.ranges.len() as u64, buf.ranges.pages());
+            match st.vq.add(buf) {
+                Ok(()) => {
+                    st.vq.kick();
+                    counters::add(&c.hint_ranges, ranges);
+                    counters::add(&c.hint_pages, pages);
+                    counters::add(&c.hint_descs, 1);
+                }
+                Err((_, buf)) => {
+                    st.put(buf);
+                    end = RoundEnd::HostTrouble;
+                }
+            }
+            if end == RoundEnd::Complete && interrupted() {
+                end = RoundEnd::Interrupted;
+            }
+        }
+        // Close the round whichever way it ended (a host that moved on ignores it).
+        if !self.stopping.load(Ordering::Acquire) {
+            self.send_cmd(st, CMD_ID_STOP);
+        }
+        st.rounds.finish();
+        let stats = walk.stats();
+        let ns = elapsed_ns(start);
+        counters::set(&c.hint_round_ns, ns);
+        counters::add(&c.hint_round_ns_total, ns);
+        counters::add(&c.hint_lock_holds, stats.holds);
+        counters::add(&c.hint_restarts, stats.restarts);
+        c.hint_lock_max_ns
+            .fetch_max(stats.max_hold_ns, Ordering::Relaxed);
+        if end != RoundEnd::Complete {
+            counters::add(&c.hint_aborts, 1);
+        }
+    }
+}
+
+fn elapsed_ns(start: Ktime) -> u64 {
+    (Ktime::ktime_get().to_ns() - start.to_ns()).max(0) as u64
+}

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`, virtio spec 5.5.6.7): the command ids
+//! the host writes in `free_page_hint_cmd_id`, the state of the guest's reporting rounds, and the
+//! coalescing of free blocks into the ranges that travel as scatter-gather entries.
+
+/// Command id meaning "stop reporting" (also what QEMU shows while a round runs).
+pub(crate) const CMD_ID_STOP: u32 = 0;
+/// Command id meaning "the host is done with the hints of every round".
+pub(crate) const CMD_ID_DONE: u32 = 1;
+
+/// Pages in one range at most (1 GiB of 4 KiB pages): a scatter-gather entry's length is a
+/// 32-bit byte count.
+pub(crate) const MAX_RANGE_PAGES: u64 = 1 << 18;
+
+/// What the host's `free_page_hint_cmd_id` asks of the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Stop the running round, if any.
+    Stop,
+    /// Migration is over: the host no longer uses the hints.
+    Done,
+    /// Report free pages in a round tagged with this id.
+    Start(u32),
+}
+
+impl Command {
+    /// Decodes the config field.
+    pub(crate) fn from_raw(raw: u32) -> Command {
+        match raw {
+            CMD_ID_STOP => Command::Stop,
+            CMD_ID_DONE => Command::Done,
+            id => Command::Start(id),
+        }
+    }
+}
+
+/// What the driver does after reading the command id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Nothing: the id is the one of the running or the last round.
+    Nothing,
+    /// End the running round (send the stop id).
+    End,
+    /// The host is done: end the running round, if any.
+    Done,
+    /// Start a round with this id (ending the running one first, if any).
+    Start(u32),
+}
+
+/// The driver's view of the hinting rounds.
+///
+/// A round starts when the host shows a new command id. The same id read again (the host has
+/// not yet seen the guest's answer, or a config change of another field) neither restarts nor
+/// ends it; [`Command::Stop`], [`Command::Done`] or a different id end it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rounds {
+    /// The id of the running round.
+    active: Option<u32>,
+    /// The id of the last round started, running or not.
+    last: Option<u32>,
+}
+
+impl Rounds {
+    /// No round started yet.
+    pub(crate) const fn new() -> Self {
+        Self {
+            active: None,
+            last: None,
+        }
+    }
+
+    /// Applies the host's command id.
+    pub(crate) fn on_command(&mut self, raw: u32) -> Action {
+        match Command::from_raw(raw) {
+            Command::Stop => match self.active.take() {
+                Some(_) => Action::End,
+                None => Action::Nothing,
+            },
+            Command::Done => {
+                self.active = None;
+                self.last = None;
+                Action::Done
+            }
+            Command::Start(id) if self.last == Some(id) => Action::Nothing,
+            Command::Start(id) => {
+                self.active = Some(id);
+                self.last = Some(id);
+                Action::Start(id)
+            }
+        }
+    }
+
+    /// The running round ended on the guest's side (walk finished or aborted).
+    pub(crate) fn finish(&mut self) {
+        self.active = None;
+    }
+}
+
+/// A range of free 4 KiB page frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Range {
+    /// First frame number.
+    pub(crate) pfn: u64,
+    /// Number of frames (at least 1).
+    pub(crate) pages: u64,
+}
+
+impl Range {
+    /// The frame number after the range.
+    pub(crate) fn end(&self) -> u64 {
+        self.pfn.saturating_add(self.pages)
+    }
+}
+
+/// Sorts `ranges` and merges the ones that touch or overlap into ranges of at most `max_pages`;
+/// returns how many ranges are left at the front of the slice. Empty ranges are dropped; a range
+/// that is longer than `max_pages` on input is kept as it is.
+///
+/// Every frame covered before is covered after, and no frame is added.
+pub(crate) fn coalesce(ranges: &mut [Range], max_pages: u64) -> usize {
+    sort(ranges);
+    let mut out = 0usize;
+    for i in 0..ranges.len() {
+        let r = ranges[i];
+        if r.pages == 0 {
+            continue;
+        }
+        if out > 0 {
+            let last = &mut ranges[out - 1];
+            if r.pfn <= last.end() {
+                let end = r.end().max(last.end());
+                if end - last.pfn <= max_pages.max(last.pages) {
+                    last.pages = end - last.pfn;
+                    continue;
+                }
+                // Too long for one range: fill the last one up, start a new one with the rest.
+                // `last.end() >= r.pfn`, so the rest is no longer than `r`.
+                let split = last.pfn + max_pages.max(last.pages);
+                last.pages = split - last.pfn;
+                // `out <= i`: at most one entry is written per entry read.
+                ranges[out] = Range {
+                    pfn: split,
+                    pages: end - split,
+                };
+                out += 1;
+                continue;
+            }
+        }
+        ranges[out] = r;
+        out += 1;
+    }
+    out
+}
+
+/// Sorts by frame number. An insertion sort: buffers are small (a few hundred entries) and often
+/// nearly sorted, and unlike `core`'s sorts it has no panicking path.
+fn sort(ranges: &mut [Range]) {
+    for i in 1..ranges.len() {
+        let mut j = i;
+        while j > 0 && ranges[j - 1] > ranges[j] {
+            ranges.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+}
