@@ -658,6 +658,7 @@ impl Balloon {
     }
 }
 
-fn elapsed_ns(start: Ktime) -> u64 {
+/// Nanoseconds since `start`.
+pub(super) fn elapsed_ns(start: Ktime) -> u64 {
     (Ktime::ktime_get().to_ns() - start.to_ns()).max(0) as u64
 }

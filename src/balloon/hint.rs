@@ -11,7 +11,7 @@
 //! config change, device removal or an unresponsive host end a round early.
 
 use super::counters;
-use super::device::Balloon;
+use super::device::{elapsed_ns, Balloon};
 use crate::abstractions::{
     free_area::{FreeListWalk, FreeRanges},
     virtio::{Buffer, Payload, Virtqueue},
@@ -275,8 +275,4 @@ impl Balloon {
             counters::add(&c.hint_aborts, 1);
         }
     }
-}
-
-fn elapsed_ns(start: Ktime) -> u64 {
-    (Ktime::ktime_get().to_ns() - start.to_ns()).max(0) as u64
 }

@@ -3,9 +3,9 @@
 # virtio_balloon_rs shows its counters in debugfs, consistent with an empty balloon.
 . ./ktap_helpers.sh
 ktap_print_header
-ktap_set_plan 3
+ktap_set_plan 4
 if [ "$DRIVER" != virtio_balloon_rs ]; then
-	for t in "debugfs directory" "counters present" "empty balloon"; do
+	for t in "debugfs directory" "counters present" "empty balloon" "hint_min_order writable"; do
 		ktap_test_skip "$t" "only for virtio_balloon_rs"
 	done
 	ktap_finished
@@ -15,9 +15,16 @@ dir=/sys/kernel/debug/virtio_balloon_rs/$dev
 ktap_check "debugfs directory $dir" [ -d "$dir" ]
 missing=
 for f in pages target inflated deflated inflate_descs deflate_descs kicks alloc_ns host_wait_ns \
-	blocks alloc_failures floor_stops config_changes host_errors; do
+	blocks alloc_failures floor_stops config_changes host_errors hint_rounds hint_aborts \
+	hint_done hint_descs hint_ranges hint_pages hint_round_ns hint_round_ns_total \
+	hint_lock_max_ns hint_lock_holds hint_restarts hint_min_order; do
 	[ -r "$dir/$f" ] || missing="$missing $f"
 done
 ktap_check "counters present${missing:+ (missing:$missing)}" [ -z "$missing" ]
 ktap_check "empty balloon: pages=0 target=0" [ "$(cat $dir/pages)/$(cat $dir/target)" = 0/0 ]
+old=$(cat $dir/hint_min_order)
+echo 9 > $dir/hint_min_order
+new=$(cat $dir/hint_min_order)
+echo "$old" > $dir/hint_min_order
+ktap_check "hint_min_order writable (0 -> 9 -> $(cat $dir/hint_min_order))" [ "$old/$new" = 0/9 ]
 ktap_finished
