@@ -23,10 +23,10 @@ commands:
   run                       boot a 2 GiB guest per driver, inflate to 512 MiB and back, report
   test [--driver rs|c|both] [--filter TEXT] [--list] [--no-unit]
                             run the unit tests and every scenario, ending with 'N passed, N failed'
-  bench [--guest-gib N] [--only inflate|migration]
+  bench [--guest-gib N] [--only inflate|migration] [--reps N]
                             inflate all but 1 GiB of an 8 GiB guest and back, both drivers;
                             migrate 2 and 8 GiB guests (or N) with no hinting, the C driver's
-                            hinting and ours
+                            hinting and ours, N runs each (default 3)
   shell [--driver rs|c]     boot a guest and run commands typed on stdin in it"
     );
     std::process::exit(2)
@@ -62,6 +62,7 @@ pub struct Opts {
     pub no_unit: bool,
     pub guest_gib: Option<u64>,
     pub only: Option<String>,
+    pub reps: Option<u32>,
 }
 
 impl Opts {
@@ -83,6 +84,13 @@ impl Opts {
                 }
                 "--filter" => o.filter = Some(it.next().cloned().unwrap_or_else(|| usage())),
                 "--list" => o.list = true,
+                "--reps" => {
+                    o.reps = Some(
+                        it.next()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or_else(|| usage()),
+                    )
+                }
                 "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
                 "--no-unit" => o.no_unit = true,
                 "--guest-gib" => {

@@ -39,18 +39,20 @@ struct Row {
     gib: u64,
     variant: Variant,
     setup: Setup,
+    rep: u32,
     accel: &'static str,
     result: Result<Case>,
 }
 
-fn one(gib: u64, v: Variant, s: Setup) -> (Row, bool) {
+fn one(gib: u64, v: Variant, s: Setup, rep: u32) -> (Row, bool) {
     let mut cfg = Config::new(&format!("bench-mig-{}", s.driver.label()), gib * 1024);
     cfg.flavour = "bench";
     cfg.free_page_hint = s.hint;
     eprintln!(
-        "[vbrs] migration bench: {gib} GiB, {}, {}",
+        "[vbrs] migration bench: {gib} GiB, {}, {}, run {}",
         v.label(),
-        s.label
+        s.label,
+        rep + 1
     );
     let mut accel = "";
     let mut clean = false;
@@ -70,6 +72,7 @@ fn one(gib: u64, v: Variant, s: Setup) -> (Row, bool) {
             gib,
             variant: v,
             setup: s,
+            rep,
             accel,
             result,
         },
@@ -82,13 +85,18 @@ fn ms(ns: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn table(rows: &[Row]) -> String {
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn table(rows: &[Row], reps: u32) -> String {
     let mut s = String::new();
     s += &format!(
         "Live migration over a unix socket, max-bandwidth {} GiB/s, downtime-limit {} ms, {} \
          (QEMU {}); bench kernel. Live data {} MiB; 'after workload': most of memory written \
          with random data and freed just before; 'churn': {} x {} MiB files rewritten during \
-         migration.\n\n",
+         migration. Medians of {reps} runs; downtime as median (min-max).\n\n",
         Params::default().max_bandwidth >> 30,
         Params::default().downtime_limit_ms,
         rows.first().map(|r| r.accel).unwrap_or(""),
@@ -98,69 +106,97 @@ fn table(rows: &[Row]) -> String {
         migrate::CHURN_MIB,
     );
     s += &format!(
-        "{:<5} {:<15} {:<17} {:>9} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12}\n",
+        "{:<5} {:<15} {:<17} {:>9} {:>15} {:>6} {:>9} {:>8} {:>11} {:>12}\n",
         "guest",
         "case",
         "configuration",
         "total ms",
-        "downtime",
+        "downtime ms",
         "setup",
         "sent MiB",
         "hint ms",
         "lock max us",
         "min free MiB"
     );
-    for r in rows {
-        match &r.result {
-            Ok(c) => {
-                s += &format!(
-                    "{:<5} {:<15} {:<17} {:>9} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12}\n",
-                    format!("{}G", r.gib),
-                    r.variant.label(),
-                    r.setup.label,
-                    c.stats.total_ms,
-                    c.stats.downtime_ms,
-                    c.stats.setup_ms,
-                    c.stats.transferred / MIB,
-                    ms(c.hint_ns),
-                    c.hint_lock_max_ns
-                        .map(|n| format!("{:.1}", n as f64 / 1e3))
-                        .unwrap_or_else(|| "-".into()),
-                    format!("{} / {}", c.min_free_kib >> 10, c.free_before_kib >> 10),
-                );
-            }
-            Err(e) => {
-                s += &format!(
-                    "{:<5} {:<15} {:<17} FAILED: {}\n",
-                    format!("{}G", r.gib),
-                    r.variant.label(),
-                    r.setup.label,
-                    e.lines().next().unwrap_or("")
-                );
+    let mut i = 0;
+    while i < rows.len() {
+        let r = &rows[i];
+        let group: Vec<&Row> = rows[i..]
+            .iter()
+            .take_while(|o| {
+                o.gib == r.gib && o.variant == r.variant && o.setup.label == r.setup.label
+            })
+            .collect();
+        i += group.len();
+        let ok: Vec<&Case> = group.iter().filter_map(|o| o.result.as_ref().ok()).collect();
+        let head = format!(
+            "{:<5} {:<15} {:<17}",
+            format!("{}G", r.gib),
+            r.variant.label(),
+            r.setup.label
+        );
+        if ok.len() < group.len() {
+            let e = group
+                .iter()
+                .find_map(|o| o.result.as_ref().err())
+                .map(|e| e.lines().next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            s += &format!("{head} {} of {} runs FAILED: {e}\n", group.len() - ok.len(), group.len());
+            if ok.is_empty() {
+                continue;
             }
         }
+        let m = |f: &dyn Fn(&Case) -> u64| median(ok.iter().map(|c| f(c)).collect());
+        let opt = |f: &dyn Fn(&Case) -> Option<u64>| -> Option<u64> {
+            let v: Vec<u64> = ok.iter().filter_map(|c| f(c)).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let down: Vec<u64> = ok.iter().map(|c| c.stats.downtime_ms).collect();
+        s += &format!(
+            "{head} {:>9} {:>15} {:>6} {:>9} {:>8} {:>11} {:>12}\n",
+            m(&|c| c.stats.total_ms),
+            format!(
+                "{} ({}-{})",
+                median(down.clone()),
+                down.iter().min().unwrap_or(&0),
+                down.iter().max().unwrap_or(&0)
+            ),
+            m(&|c| c.stats.setup_ms),
+            m(&|c| c.stats.transferred) / MIB,
+            ms(opt(&|c| c.hint_ns)),
+            opt(&|c| c.hint_lock_max_ns)
+                .map(|n| format!("{:.1}", n as f64 / 1e3))
+                .unwrap_or_else(|| "-".into()),
+            format!(
+                "{} / {}",
+                m(&|c| c.min_free_kib) >> 10,
+                m(&|c| c.free_before_kib) >> 10
+            ),
+        );
     }
     s += "\nhint ms: guest time in hinting rounds, from the command id to the stop id (ours only; \
-          the C driver has no such counter). min free: lowest MemFree during migration / MemFree \
-          just before it.\n";
+          the C driver has no such counter). lock max: longest zone lock hold of the walk, as the \
+          guest clock sees it (under TCG it includes host preemption of the vCPU). min free: \
+          lowest MemFree during migration / MemFree just before it.\n";
     s
 }
 
 fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "guest_gib,case,configuration,driver,free_page_hint,accel,ok,total_ms,downtime_ms,\
+        "guest_gib,case,configuration,driver,free_page_hint,run,accel,ok,total_ms,downtime_ms,\
          setup_ms,transferred_bytes,normal_pages,duplicate_pages,dirty_syncs,hint_rounds,\
          hint_ns,hint_lock_max_ns,free_before_kib,min_free_kib,churn_files\n",
     );
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     for r in rows {
         let head = format!(
-            "{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{}",
             r.gib,
             r.variant.label(),
             r.setup.label,
             r.setup.driver.name(),
             r.setup.hint,
+            r.rep + 1,
             r.accel
         );
         match &r.result {
@@ -203,20 +239,23 @@ fn qemu_version() -> String {
         .unwrap_or_default()
 }
 
-/// Runs every case for each guest size; prints the table and writes it as text and CSV.
-pub fn bench(sizes: &[u64]) -> Result<bool> {
+/// Runs every case `reps` times for each guest size; prints the medians and writes them as text,
+/// and every run as CSV.
+pub fn bench(sizes: &[u64], reps: u32) -> Result<bool> {
     let mut rows = Vec::new();
     let mut all_clean = true;
     for &gib in sizes {
         for &v in VARIANTS {
             for &s in SETUPS {
-                let (row, clean) = one(gib, v, s);
-                all_clean &= clean && row.result.is_ok();
-                rows.push(row);
+                for rep in 0..reps {
+                    let (row, clean) = one(gib, v, s, rep);
+                    all_clean &= clean && row.result.is_ok();
+                    rows.push(row);
+                }
             }
         }
     }
-    let text = table(&rows);
+    let text = table(&rows, reps);
     println!("{text}");
     let dir = paths::artifacts("bench");
     std::fs::write(dir.join("bench-migration.txt"), &text).ctx("writing the report")?;

@@ -14,6 +14,8 @@ pub struct Params {
     pub max_bandwidth: u64,
     /// Milliseconds.
     pub downtime_limit_ms: u64,
+    /// A balloon target (guest size in bytes) the host sets right after starting the migration.
+    pub balloon_during: Option<u64>,
 }
 
 impl Default for Params {
@@ -22,6 +24,7 @@ impl Default for Params {
         Params {
             max_bandwidth: 100 << 30,
             downtime_limit_ms: 300,
+            balloon_during: None,
         }
     }
 }
@@ -70,6 +73,9 @@ pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, S
         detach: None,
         resume: None,
     })?;
+    if let Some(bytes) = p.balloon_during {
+        src.balloon(bytes)?;
+    }
     let start = Instant::now();
     let info = loop {
         let info = src.qmp(&QueryMigrate)?;

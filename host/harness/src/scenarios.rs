@@ -140,6 +140,14 @@ const SCENARIOS: &[Scenario] = &[
         poison: false,
         run: migrate_during_churn,
     },
+    Scenario {
+        name: "migrate_inflate_during_hint",
+        mem_mib: 1024,
+        shared: true,
+        hint: true,
+        poison: false,
+        run: migrate_inflate_during_hint,
+    },
     // Ours only: with page poisoning, hinted pages would arrive unpoisoned on the destination,
     // so our driver declines hinting (the C driver allocates what it hints, so it may go on).
     Scenario {
@@ -436,6 +444,31 @@ fn migrate_after_workload(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Res
 fn migrate_during_churn(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
     let hint = g.cfg.free_page_hint;
     migration(g, d, Variant::Churn, hint)
+}
+
+/// The host inflates the balloon by 256 MiB as the migration starts: the config change ends a
+/// hinting round, the balloon moves on both sides of the switch, and nothing is lost.
+fn migrate_inflate_during_hint(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let target = g.ram_bytes() - 256 * MIB;
+    let p = Params {
+        balloon_during: Some(target),
+        ..Params::default()
+    };
+    let total0 = g.meminfo("MemTotal")?;
+    migrate::fill_and_free(g, 512)?;
+    let c = migrate::run_case(g, d, Variant::Idle, p)?;
+    eprintln!(
+        "[vbrs]   {} ms, {} MiB sent",
+        c.stats.total_ms,
+        c.stats.transferred / MIB
+    );
+    g.wait_actual(target, WAIT)?;
+    if d == Driver::Rs {
+        check(debugfs(g, "pages")? == 256 * MIB / 4096, || {
+            "debugfs pages disagrees with the target".into()
+        })?;
+    }
+    deflate_all(g, total0)
 }
 
 fn migrate_hint_poisoned(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
