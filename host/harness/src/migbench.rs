@@ -128,7 +128,10 @@ fn table(rows: &[Row], reps: u32) -> String {
             })
             .collect();
         i += group.len();
-        let ok: Vec<&Case> = group.iter().filter_map(|o| o.result.as_ref().ok()).collect();
+        let ok: Vec<&Case> = group
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok())
+            .collect();
         let head = format!(
             "{:<5} {:<15} {:<17}",
             format!("{}G", r.gib),
@@ -141,7 +144,11 @@ fn table(rows: &[Row], reps: u32) -> String {
                 .find_map(|o| o.result.as_ref().err())
                 .map(|e| e.lines().next().unwrap_or("").to_string())
                 .unwrap_or_default();
-            s += &format!("{head} {} of {} runs FAILED: {e}\n", group.len() - ok.len(), group.len());
+            s += &format!(
+                "{head} {} of {} runs FAILED: {e}\n",
+                group.len() - ok.len(),
+                group.len()
+            );
             if ok.is_empty() {
                 continue;
             }
