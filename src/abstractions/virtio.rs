@@ -245,10 +245,10 @@ impl<B: Buffer> Virtqueue<B> {
             },
         };
         let token = KBox::into_raw(buf);
-        // SAFETY: `vq` is live; `sg` holds `num` initialised entries, either on our stack (the
-        // core copies them into the ring) or inside the box, which stays put until the queue
-        // gives it back; the token is the box's pointer. Out entries point into the box; in
-        // entries are free page hints, which the device does not write.
+        // The core copies the entries into the ring; out entries point into the box, in entries
+        // are free page hints, which the device does not write.
+        // SAFETY: `vq` is live; `sg` holds `num` initialised entries; the token is the box's
+        // pointer, which stays valid until the queue gives it back.
         let ret = unsafe {
             if out {
                 bindings::virtqueue_add_outbuf(
