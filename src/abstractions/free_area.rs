@@ -274,13 +274,22 @@ impl FreeListWalk {
             c.order -= 1;
             return true;
         }
+        self.next_zone();
+        false
+    }
+
+    /// Moves the cursor to the first list of the next zone.
+    fn next_zone(&mut self) {
+        let c = &mut self.cursor;
+        c.resume = None;
+        c.budget = None;
+        c.mt = 0;
         c.order = MAX_ORDER;
         c.zone += 1;
         if c.zone >= bindings::MAX_NR_ZONES as usize {
             c.zone = 0;
             c.nid = next_online_node(c.nid);
         }
-        false
     }
 
     /// Adds free blocks to `out` until it is full or the walk is over, then merges the ranges
@@ -308,15 +317,7 @@ impl FreeListWalk {
         let zone = zone_ptr(self.cursor.nid, self.cursor.zone);
         // SAFETY: `zone` is a zone of an online node.
         if !unsafe { bindings::populated_zone(zone) } {
-            self.cursor.zone += 1;
-            self.cursor.order = MAX_ORDER;
-            self.cursor.mt = 0;
-            self.cursor.resume = None;
-            self.cursor.budget = None;
-            if self.cursor.zone >= bindings::MAX_NR_ZONES as usize {
-                self.cursor.zone = 0;
-                self.cursor.nid = next_online_node(self.cursor.nid);
-            }
+            self.next_zone();
             return;
         }
         // SAFETY: `zone` is valid; these fields do not change while the zone is populated.

@@ -73,19 +73,21 @@ impl Device {
         };
     }
 
-    /// Creates the device's virtqueues, one for each name, in order. Every queue's used-buffer
-    /// notifications go to [`Driver::vq_done`] with the queue's index.
+    /// Creates the device's virtqueues, one for each name, in order. A `None` name leaves its
+    /// slot out (its feature was not negotiated) and the later queues move up, as in C. Every
+    /// queue's used-buffer notifications go to [`Driver::vq_done`] with the queue's index.
     pub(crate) fn find_vqs<T: Driver, const N: usize>(
         &self,
-        names: [&'static CStr; N],
-    ) -> Result<[RawVirtqueue; N]> {
+        names: [Option<&'static CStr>; N],
+    ) -> Result<[Option<RawVirtqueue>; N]> {
         let mut vqs = [core::ptr::null_mut::<bindings::virtqueue>(); N];
         let mut infos = names.map(|name| bindings::virtqueue_info {
-            name: name.as_char_ptr(),
+            name: name.map_or(core::ptr::null(), CStr::as_char_ptr),
             callback: Some(vq_callback::<T>),
             ctx: false,
         });
-        // SAFETY: The device is live; both arrays hold `N` entries; the names are static.
+        // SAFETY: The device is live; both arrays hold `N` entries; the names are static or null
+        // (the core skips those).
         to_result(unsafe {
             bindings::virtio_find_vqs(
                 self.as_raw(),
@@ -95,11 +97,15 @@ impl Device {
                 core::ptr::null_mut(),
             )
         })?;
-        if vqs.iter().any(|vq| vq.is_null()) {
+        if vqs
+            .iter()
+            .zip(&names)
+            .any(|(vq, name)| vq.is_null() != name.is_none())
+        {
             return Err(EINVAL);
         }
         // INVARIANT: `find_vqs` succeeded, so every queue lives until `del_vqs`.
-        Ok(vqs.map(|vq| RawVirtqueue(NonNull::new(vq).unwrap_or(NonNull::dangling()))))
+        Ok(vqs.map(|vq| NonNull::new(vq).map(RawVirtqueue)))
     }
 
     /// Clears a feature bit the device offered, so it is not negotiated. Only meaningful in

@@ -154,7 +154,7 @@ pub(crate) struct Balloon {
     pub(super) config_seq: AtomicU64,
     pub(super) stopping: AtomicBool,
     /// A host misbehaviour with buffers was logged (logged once per device).
-    pub(super) warned_host: AtomicBool,
+    warned_host: AtomicBool,
     stats: CounterDir<Counters>,
 }
 
@@ -198,37 +198,14 @@ impl Balloon {
         // Queues of features not negotiated are left out and the later ones move up.
         let hinting = dev.has_feature(features::FREE_PAGE_HINT);
         let stats_vq = dev.has_feature(features::STATS_VQ);
-        let (inflate, deflate, free_page) = match (stats_vq, hinting) {
-            (false, false) => {
-                let [i, d] =
-                    dev.find_vqs::<BalloonDriver, 2>([c_str!("inflate"), c_str!("deflate")])?;
-                (i, d, None)
-            }
-            (true, false) => {
-                let [i, d, _stats] = dev.find_vqs::<BalloonDriver, 3>([
-                    c_str!("inflate"),
-                    c_str!("deflate"),
-                    c_str!("stats"),
-                ])?;
-                (i, d, None)
-            }
-            (false, true) => {
-                let [i, d, f] = dev.find_vqs::<BalloonDriver, 3>([
-                    c_str!("inflate"),
-                    c_str!("deflate"),
-                    c_str!("free_page_vq"),
-                ])?;
-                (i, d, Some(f))
-            }
-            (true, true) => {
-                let [i, d, _stats, f] = dev.find_vqs::<BalloonDriver, 4>([
-                    c_str!("inflate"),
-                    c_str!("deflate"),
-                    c_str!("stats"),
-                    c_str!("free_page_vq"),
-                ])?;
-                (i, d, Some(f))
-            }
+        let [inflate, deflate, _stats, free_page] = dev.find_vqs::<BalloonDriver, 4>([
+            Some(c_str!("inflate")),
+            Some(c_str!("deflate")),
+            stats_vq.then_some(c_str!("stats")),
+            hinting.then_some(c_str!("free_page_vq")),
+        ])?;
+        let (Some(inflate), Some(deflate)) = (inflate, deflate) else {
+            return Err(EINVAL);
         };
         let inflate_vq = Virtqueue::new(inflate);
         let deflate_vq = Virtqueue::new(deflate);
@@ -293,6 +270,13 @@ impl Balloon {
             if hinting { "on" } else { "off" }
         );
         Ok(balloon)
+    }
+
+    /// Counts a misbehaviour of the host; returns whether it is the first one with buffers, which
+    /// the caller logs (one line per device).
+    pub(super) fn host_error(&self) -> bool {
+        counters::add(&self.counters().host_errors, 1);
+        !self.warned_host.swap(true, Ordering::Relaxed)
     }
 
     pub(super) fn counters(&self) -> &Counters {
@@ -447,7 +431,7 @@ impl Balloon {
         match used {
             Some(used) => Some(self.check_used(used)),
             None => {
-                if !self.warned_host.swap(true, Ordering::Relaxed) {
+                if self.host_error() {
                     pr_err!(
                         "virtio{}: host has not used {} buffers in {} ms; giving up on them\n",
                         self.index,
@@ -455,7 +439,6 @@ impl Balloon {
                         HOST_TIMEOUT_MS
                     );
                 }
-                counters::add(&self.counters().host_errors, 1);
                 None
             }
         }
@@ -463,15 +446,12 @@ impl Balloon {
 
     /// Checks the length the host reports for a used out-buffer (it must have written nothing).
     fn check_used(&self, (batch, len): (KBox<Batch>, u32)) -> KBox<Batch> {
-        if len != 0 {
-            counters::add(&self.counters().host_errors, 1);
-            if !self.warned_host.swap(true, Ordering::Relaxed) {
-                pr_warn!(
-                    "virtio{}: host reports {} bytes written to a read-only buffer; ignored\n",
-                    self.index,
-                    len
-                );
-            }
+        if len != 0 && self.host_error() {
+            pr_warn!(
+                "virtio{}: host reports {} bytes written to a read-only buffer; ignored\n",
+                self.index,
+                len
+            );
         }
         batch
     }

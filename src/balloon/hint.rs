@@ -129,23 +129,20 @@ impl Balloon {
     /// Takes back the buffers the host has used.
     fn reclaim_hints(&self, st: &mut HintState) {
         while let Some((buf, len)) = st.vq.get_used() {
-            self.check_hint_used(&buf, len);
+            self.check_hint_used(len);
             st.put(buf);
         }
     }
 
     /// Checks the length the host reports for a used hint buffer: hints are never written, and
     /// QEMU reports 1 byte for every element, so anything above 1 is a host error.
-    fn check_hint_used(&self, _buf: &HintBuf, len: u32) {
-        if len > 1 {
-            counters::add(&self.counters().host_errors, 1);
-            if !self.warned_host.swap(true, Ordering::Relaxed) {
-                pr_warn!(
-                    "virtio{}: host reports {} bytes written to a free page hint; ignored\n",
-                    self.index,
-                    len
-                );
-            }
+    fn check_hint_used(&self, len: u32) {
+        if len > 1 && self.host_error() {
+            pr_warn!(
+                "virtio{}: host reports {} bytes written to a free page hint; ignored\n",
+                self.index,
+                len
+            );
         }
     }
 
@@ -166,13 +163,12 @@ impl Balloon {
             counters::add(&self.counters().host_wait_ns, elapsed_ns(start));
             match used {
                 Some((buf, len)) => {
-                    self.check_hint_used(&buf, len);
+                    self.check_hint_used(len);
                     st.put(buf);
                 }
                 None if self.stopping.load(Ordering::Acquire) => return None,
                 None => {
-                    counters::add(&self.counters().host_errors, 1);
-                    if !self.warned_host.swap(true, Ordering::Relaxed) {
+                    if self.host_error() {
                         pr_warn!(
                             "virtio{}: host did not use free page hints for {} ms; ending the round\n",
                             self.index,
