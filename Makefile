@@ -35,7 +35,7 @@ test: modules harness
 
 ## Both drivers side by side on the kernel without debug options (8 GiB guest).
 bench: bench-build harness
-	@$(VBRS) bench $(if $(GUEST_GIB),--guest-gib $(GUEST_GIB)) $(if $(ONLY),--only $(ONLY)) $(if $(REPS),--reps $(REPS))
+	@$(VBRS) bench $(if $(GUEST_GIB),--guest-gib $(GUEST_GIB)) $(if $(ONLY),--only $(ONLY)) $(if $(REPS),--reps $(REPS)) $(foreach c,$(CASES),--case $(c))
 
 ## Boot a guest and type commands into it (DRIVER=rs|c).
 shell: modules harness

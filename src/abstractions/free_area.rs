@@ -145,6 +145,8 @@ pub(crate) struct WalkStats {
     pub(crate) max_hold_ns: u64,
     /// Number of lock holds.
     pub(crate) holds: u64,
+    /// Time the zone locks were held, all holds together, in nanoseconds.
+    pub(crate) total_hold_ns: u64,
     /// Free list entries visited.
     pub(crate) entries: u64,
     /// Times a list was started again because its resume point was gone.
@@ -389,6 +391,7 @@ impl FreeListWalk {
         self.stats.holds += 1;
         self.stats.entries += visited as u64;
         self.stats.max_hold_ns = self.stats.max_hold_ns.max(held);
+        self.stats.total_hold_ns += held;
     }
 }
 

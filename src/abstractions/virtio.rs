@@ -290,6 +290,15 @@ impl<B: Buffer> Virtqueue<B> {
         unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
     }
 
+    /// Notifies the device even if the ring says it does not want to be (`virtqueue_notify`
+    /// without `virtqueue_kick_prepare`). A device that stopped polling without turning
+    /// notifications back on, as a live migration leaves the free page queue, then looks at the
+    /// buffers it has not used yet.
+    pub(crate) fn notify(&mut self) {
+        // SAFETY: `vq` is live and `&mut self` serialises queue operations.
+        unsafe { bindings::virtqueue_notify(self.vq.as_ptr()) };
+    }
+
     /// Takes back a buffer the device has used, with the length the device says it wrote.
     pub(crate) fn get_used(&mut self) -> Option<(KBox<B>, u32)> {
         let mut len = 0u32;

@@ -39,6 +39,8 @@ pub(crate) struct Counters {
     pub(crate) host_errors: AtomicU64,
     /// Free page hinting rounds started.
     pub(crate) hint_rounds: AtomicU64,
+    /// Rounds ended, whichever way (equal to `hint_rounds` when no round is running).
+    pub(crate) hint_ended: AtomicU64,
     /// Rounds ended before the walk was over (new id, stop, config change, host trouble).
     pub(crate) hint_aborts: AtomicU64,
     /// Times the host said it was done with the hints.
@@ -57,6 +59,9 @@ pub(crate) struct Counters {
     pub(crate) hint_lock_max_ns: AtomicU64,
     /// Holds of a zone lock by the free list walk.
     pub(crate) hint_lock_holds: AtomicU64,
+    /// Time the free list walk held zone locks, every hold together, in nanoseconds (divided by
+    /// `hint_lock_holds`: the mean hold).
+    pub(crate) hint_lock_ns_total: AtomicU64,
     /// Times the walk started a free list again because its resume point had been allocated.
     pub(crate) hint_restarts: AtomicU64,
     /// Smallest order of the free blocks reported (writable; 0: every free block).
@@ -81,6 +86,7 @@ impl Counters {
         (c_str!("config_changes"), |c| &c.config_changes),
         (c_str!("host_errors"), |c| &c.host_errors),
         (c_str!("hint_rounds"), |c| &c.hint_rounds),
+        (c_str!("hint_ended"), |c| &c.hint_ended),
         (c_str!("hint_aborts"), |c| &c.hint_aborts),
         (c_str!("hint_done"), |c| &c.hint_done),
         (c_str!("hint_descs"), |c| &c.hint_descs),
@@ -90,6 +96,7 @@ impl Counters {
         (c_str!("hint_round_ns_total"), |c| &c.hint_round_ns_total),
         (c_str!("hint_lock_max_ns"), |c| &c.hint_lock_max_ns),
         (c_str!("hint_lock_holds"), |c| &c.hint_lock_holds),
+        (c_str!("hint_lock_ns_total"), |c| &c.hint_lock_ns_total),
         (c_str!("hint_restarts"), |c| &c.hint_restarts),
     ];
 

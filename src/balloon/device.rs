@@ -304,6 +304,8 @@ impl Balloon {
         counters::add(&self.counters().config_changes, 1);
         self.config_seq.fetch_add(1, Ordering::AcqRel);
         self.event_wq.wake_up();
+        // A hinting round waiting for the host ends when the host moves on.
+        self.host_wq.wake_up();
         self.schedule();
         self.schedule_hints();
     }

@@ -146,57 +146,77 @@ impl Balloon {
         }
     }
 
-    /// A spare buffer, waiting for the host to use one if all are queued.
-    fn hint_buffer(&self, st: &mut HintState) -> Option<KBox<HintBuf>> {
+    /// A spare buffer, waiting for the host to use one if all are queued. With `round`, the wait
+    /// also ends when the host moves on from that round (the command id changed).
+    fn hint_buffer(
+        &self,
+        st: &mut HintState,
+        round: Option<u32>,
+    ) -> core::result::Result<KBox<HintBuf>, RoundEnd> {
         loop {
             self.reclaim_hints(st);
             if let Some(buf) = st.take() {
-                return Some(buf);
+                return Ok(buf);
             }
+            // Buffers queued just before a live migration sit on the destination's ring unseen:
+            // the source had stopped polling with notifications off. Tell the device to look.
+            st.vq.notify();
             let start = Ktime::ktime_get();
+            let seq = self.config_seq.load(Ordering::Acquire);
             let mut used = None;
             self.host_wq
                 .wait_timeout(ms_to_jiffies(HINT_HOST_TIMEOUT_MS), || {
                     used = st.vq.get_used();
-                    used.is_some() || self.stopping.load(Ordering::Acquire)
+                    used.is_some()
+                        || self.stopping.load(Ordering::Acquire)
+                        || self.config_seq.load(Ordering::Acquire) != seq
                 });
             counters::add(&self.counters().host_wait_ns, elapsed_ns(start));
-            match used {
-                Some((buf, len)) => {
-                    self.check_hint_used(len);
-                    st.put(buf);
-                }
-                None if self.stopping.load(Ordering::Acquire) => return None,
-                None => {
-                    if self.host_error() {
-                        pr_warn!(
-                            "virtio{}: host did not use free page hints for {} ms; ending the round\n",
-                            self.index,
-                            HINT_HOST_TIMEOUT_MS
-                        );
+            if let Some((buf, len)) = used {
+                self.check_hint_used(len);
+                st.put(buf);
+                continue;
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(RoundEnd::Interrupted);
+            }
+            if self.config_seq.load(Ordering::Acquire) != seq {
+                // Read outside the wait: config reads may sleep.
+                match round {
+                    Some(id) if self.dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID) != id => {
+                        return Err(RoundEnd::Interrupted)
                     }
-                    return None;
+                    _ => continue,
                 }
             }
+            if self.host_error() {
+                pr_warn!(
+                    "virtio{}: host did not use free page hints for {} ms; ending the round\n",
+                    self.index,
+                    HINT_HOST_TIMEOUT_MS
+                );
+            }
+            return Err(RoundEnd::HostTrouble);
         }
     }
 
-    /// Sends a command id (the round's id, or the stop id).
-    fn send_cmd(&self, st: &mut HintState, id: u32) -> bool {
-        let Some(mut buf) = self.hint_buffer(st) else {
-            return false;
+    /// Sends a command id: the round's id (`round` is `Some(id)`), or the stop id.
+    fn send_cmd(&self, st: &mut HintState, id: u32, round: Option<u32>) -> RoundEnd {
+        let mut buf = match self.hint_buffer(st, round) {
+            Ok(buf) => buf,
+            Err(end) => return end,
         };
         buf.cmd = id.to_le_bytes();
         buf.is_cmd = true;
         match st.vq.add(buf) {
             Ok(()) => {
                 st.vq.kick();
-                true
+                RoundEnd::Complete
             }
             Err((_, mut buf)) => {
                 buf.is_cmd = false;
                 st.put(buf);
-                false
+                RoundEnd::HostTrouble
             }
         }
     }
@@ -218,15 +238,14 @@ impl Balloon {
                 || (self.config_seq.load(Ordering::Acquire) != seq
                     && self.dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID) != id)
         };
-        let mut end = if self.send_cmd(st, id) {
-            RoundEnd::Complete
-        } else {
-            RoundEnd::HostTrouble
-        };
+        let mut end = self.send_cmd(st, id, Some(id));
         while end == RoundEnd::Complete && !walk.is_done() {
-            let Some(mut buf) = self.hint_buffer(st) else {
-                end = RoundEnd::HostTrouble;
-                break;
+            let mut buf = match self.hint_buffer(st, Some(id)) {
+                Ok(buf) => buf,
+                Err(e) => {
+                    end = e;
+                    break;
+                }
             };
             buf.is_cmd = false;
             walk.fill(&mut buf.ranges, interrupted);
@@ -256,7 +275,7 @@ impl Balloon {
         }
         // Close the round whichever way it ended (a host that moved on ignores it).
         if !self.stopping.load(Ordering::Acquire) {
-            self.send_cmd(st, CMD_ID_STOP);
+            self.send_cmd(st, CMD_ID_STOP, None);
         }
         st.rounds.finish();
         let stats = walk.stats();
@@ -264,11 +283,13 @@ impl Balloon {
         counters::set(&c.hint_round_ns, ns);
         counters::add(&c.hint_round_ns_total, ns);
         counters::add(&c.hint_lock_holds, stats.holds);
+        counters::add(&c.hint_lock_ns_total, stats.total_hold_ns);
         counters::add(&c.hint_restarts, stats.restarts);
         c.hint_lock_max_ns
             .fetch_max(stats.max_hold_ns, Ordering::Relaxed);
         if end != RoundEnd::Complete {
             counters::add(&c.hint_aborts, 1);
         }
+        counters::add(&c.hint_ended, 1);
     }
 }

@@ -296,6 +296,11 @@ impl Guest {
         if cfg.free_page_hint {
             qemu.args(["-object", "iothread,id=io0"]);
         }
+        // Extra arguments for every QEMU, for investigations (e.g. `-trace migrate_pending`;
+        // QEMU's stderr is kept in the run directory).
+        if let Ok(extra) = std::env::var("VBRS_QEMU_ARGS") {
+            qemu.args(extra.split_whitespace());
+        }
         if let Some(sock) = incoming {
             qemu.arg("-incoming")
                 .arg(format!("unix:{}", dir.join(sock).display()));

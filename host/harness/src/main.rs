@@ -23,10 +23,12 @@ commands:
   run                       boot a 2 GiB guest per driver, inflate to 512 MiB and back, report
   test [--driver rs|c|both] [--filter TEXT] [--list] [--no-unit]
                             run the unit tests and every scenario, ending with 'N passed, N failed'
-  bench [--guest-gib N] [--only inflate|migration] [--reps N]
+  bench [--guest-gib N] [--only inflate|migration] [--reps N] [--case idle|after-workload|churn]
                             inflate all but 1 GiB of an 8 GiB guest and back, both drivers;
                             migrate 2 and 8 GiB guests (or N) with no hinting, the C driver's
-                            hinting and ours, N runs each (default 3)
+                            hinting and ours, N runs each (default 3), every case (or the ones
+                            named; --case repeats); the smallest guest after the workload also
+                            with downtime limits of 100 and 50 ms
   shell [--driver rs|c]     boot a guest and run commands typed on stdin in it"
     );
     std::process::exit(2)
@@ -63,6 +65,7 @@ pub struct Opts {
     pub guest_gib: Option<u64>,
     pub only: Option<String>,
     pub reps: Option<u32>,
+    pub cases: Vec<migrate::Variant>,
 }
 
 impl Opts {
@@ -91,6 +94,11 @@ impl Opts {
                             .unwrap_or_else(|| usage()),
                     )
                 }
+                "--case" => o.cases.push(
+                    it.next()
+                        .and_then(|v| migrate::Variant::from_name(v))
+                        .unwrap_or_else(|| usage()),
+                ),
                 "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
                 "--no-unit" => o.no_unit = true,
                 "--guest-gib" => {

@@ -38,29 +38,35 @@ const VARIANTS: &[Variant] = &[Variant::Idle, Variant::AfterWorkload, Variant::C
 struct Row {
     gib: u64,
     variant: Variant,
+    /// The downtime limit the migration ran with, in ms.
+    limit_ms: u64,
     setup: Setup,
     rep: u32,
     accel: &'static str,
     result: Result<Case>,
 }
 
-fn one(gib: u64, v: Variant, s: Setup, rep: u32) -> (Row, bool) {
+fn one(gib: u64, v: Variant, limit_ms: u64, s: Setup, rep: u32) -> (Row, bool) {
     let mut cfg = Config::new(&format!("bench-mig-{}", s.driver.label()), gib * 1024);
     cfg.flavour = "bench";
     cfg.free_page_hint = s.hint;
     eprintln!(
-        "[vbrs] migration bench: {gib} GiB, {}, {}, run {}",
+        "[vbrs] migration bench: {gib} GiB, {}, downtime limit {limit_ms} ms, {}, run {}",
         v.label(),
         s.label,
         rep + 1
     );
+    let p = Params {
+        downtime_limit_ms: limit_ms,
+        ..Params::default()
+    };
     let mut accel = "";
     let mut clean = false;
     let result = (|| {
         let mut g = Guest::boot(&cfg)?;
         accel = g.accel;
         g.load(s.driver)?;
-        let c = migrate::run_case(&mut g, s.driver, v, Params::default())?;
+        let c = migrate::run_case(&mut g, s.driver, v, p)?;
         clean = g.check_dmesg().is_ok();
         Ok(c)
     })();
@@ -71,6 +77,7 @@ fn one(gib: u64, v: Variant, s: Setup, rep: u32) -> (Row, bool) {
         Row {
             gib,
             variant: v,
+            limit_ms,
             setup: s,
             rep,
             accel,
@@ -93,12 +100,11 @@ fn median(mut v: Vec<u64>) -> u64 {
 fn table(rows: &[Row], reps: u32) -> String {
     let mut s = String::new();
     s += &format!(
-        "Live migration over a unix socket, max-bandwidth {} GiB/s, downtime-limit {} ms, {} \
-         (QEMU {}); bench kernel. Live data {} MiB; 'after workload': most of memory written \
-         with random data and freed just before; 'churn': {} x {} MiB files rewritten during \
-         migration. Medians of {reps} runs; downtime as median (min-max).\n\n",
+        "Live migration over a unix socket, max-bandwidth {} GiB/s, {} (QEMU {}); bench kernel. \
+         Live data {} MiB; 'after workload': most of memory written with random data and freed \
+         just before; 'churn': {} x {} MiB files rewritten during migration. 'limit': QEMU's \
+         downtime-limit. Medians of {reps} runs; downtime as median (min-max).\n\n",
         Params::default().max_bandwidth >> 30,
-        Params::default().downtime_limit_ms,
         rows.first().map(|r| r.accel).unwrap_or(""),
         qemu_version(),
         migrate::LIVE_MIB,
@@ -106,16 +112,17 @@ fn table(rows: &[Row], reps: u32) -> String {
         migrate::CHURN_MIB,
     );
     s += &format!(
-        "{:<5} {:<15} {:<17} {:>9} {:>15} {:>6} {:>9} {:>8} {:>11} {:>12}\n",
+        "{:<5} {:<15} {:>5} {:<17} {:>9} {:>15} {:>6} {:>9} {:>8} {:>16} {:>12}\n",
         "guest",
         "case",
+        "limit",
         "configuration",
         "total ms",
         "downtime ms",
         "setup",
         "sent MiB",
         "hint ms",
-        "lock max us",
+        "lock us max/mean",
         "min free MiB"
     );
     let mut i = 0;
@@ -124,7 +131,10 @@ fn table(rows: &[Row], reps: u32) -> String {
         let group: Vec<&Row> = rows[i..]
             .iter()
             .take_while(|o| {
-                o.gib == r.gib && o.variant == r.variant && o.setup.label == r.setup.label
+                o.gib == r.gib
+                    && o.variant == r.variant
+                    && o.limit_ms == r.limit_ms
+                    && o.setup.label == r.setup.label
             })
             .collect();
         i += group.len();
@@ -133,9 +143,10 @@ fn table(rows: &[Row], reps: u32) -> String {
             .filter_map(|o| o.result.as_ref().ok())
             .collect();
         let head = format!(
-            "{:<5} {:<15} {:<17}",
+            "{:<5} {:<15} {:>5} {:<17}",
             format!("{}G", r.gib),
             r.variant.label(),
+            r.limit_ms,
             r.setup.label
         );
         if ok.len() < group.len() {
@@ -160,7 +171,7 @@ fn table(rows: &[Row], reps: u32) -> String {
         };
         let down: Vec<u64> = ok.iter().map(|c| c.stats.downtime_ms).collect();
         s += &format!(
-            "{head} {:>9} {:>15} {:>6} {:>9} {:>8} {:>11} {:>12}\n",
+            "{head} {:>9} {:>15} {:>6} {:>9} {:>8} {:>16} {:>12}\n",
             m(&|c| c.stats.total_ms),
             format!(
                 "{} ({}-{})",
@@ -171,9 +182,10 @@ fn table(rows: &[Row], reps: u32) -> String {
             m(&|c| c.stats.setup_ms),
             m(&|c| c.stats.transferred) / MIB,
             ms(opt(&|c| c.hint_ns)),
-            opt(&|c| c.hint_lock_max_ns)
-                .map(|n| format!("{:.1}", n as f64 / 1e3))
-                .unwrap_or_else(|| "-".into()),
+            match (opt(&|c| c.hint_lock_max_ns), opt(&|c| c.hint_lock_mean_ns)) {
+                (Some(max), Some(mean)) => format!("{} / {}", max / 1000, mean / 1000),
+                _ => "-".into(),
+            },
             format!(
                 "{} / {}",
                 m(&|c| c.min_free_kib) >> 10,
@@ -182,24 +194,30 @@ fn table(rows: &[Row], reps: u32) -> String {
         );
     }
     s += "\nhint ms: guest time in hinting rounds, from the command id to the stop id (ours only; \
-          the C driver has no such counter). lock max: longest zone lock hold of the walk, as the \
-          guest clock sees it (under TCG it includes host preemption of the vCPU). min free: \
-          lowest MemFree during migration / MemFree just before it.\n";
+          the C driver has no such counter). lock: longest and mean zone lock hold of the walk, \
+          in microseconds, as the guest clock sees it (under TCG a hold includes any host \
+          preemption of the vCPU). min free: lowest MemFree during migration / MemFree just \
+          before it. Downtime: QEMU switches over once what is left to send fits the limit at \
+          the bandwidth it measured; with hinting, what is left is the guest's data only, so it \
+          switches over with more of it pending than without, where zero pages lower the \
+          measured bandwidth (docs/free-page-hinting.md).\n";
     s
 }
 
 fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "guest_gib,case,configuration,driver,free_page_hint,run,accel,ok,total_ms,downtime_ms,\
-         setup_ms,transferred_bytes,normal_pages,duplicate_pages,dirty_syncs,hint_rounds,\
-         hint_ns,hint_lock_max_ns,free_before_kib,min_free_kib,churn_files\n",
+        "guest_gib,case,downtime_limit_ms,configuration,driver,free_page_hint,run,accel,ok,\
+         total_ms,downtime_ms,setup_ms,transferred_bytes,normal_pages,duplicate_pages,\
+         dirty_syncs,hint_rounds,hint_ns,hint_lock_max_ns,hint_lock_mean_ns,free_before_kib,\
+         min_free_kib,churn_files\n",
     );
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     for r in rows {
         let head = format!(
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             r.gib,
             r.variant.label(),
+            r.limit_ms,
             r.setup.label,
             r.setup.driver.name(),
             r.setup.hint,
@@ -210,7 +228,7 @@ fn csv(rows: &[Row]) -> String {
             Ok(c) => {
                 let st = &c.stats;
                 s += &format!(
-                    "{head},true,{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{head},true,{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     st.total_ms,
                     st.downtime_ms,
                     st.setup_ms,
@@ -221,12 +239,13 @@ fn csv(rows: &[Row]) -> String {
                     opt(c.hint_rounds),
                     opt(c.hint_ns),
                     opt(c.hint_lock_max_ns),
+                    opt(c.hint_lock_mean_ns),
                     c.free_before_kib,
                     c.min_free_kib,
                     c.churn_files
                 );
             }
-            Err(_) => s += &format!("{head},false,,,,,,,,,,,,,\n"),
+            Err(_) => s += &format!("{head},false,,,,,,,,,,,,,,\n"),
         }
     }
     s
@@ -246,19 +265,40 @@ fn qemu_version() -> String {
         .unwrap_or_default()
 }
 
-/// Runs every case `reps` times for each guest size; prints the medians and writes them as text,
-/// and every run as CSV.
-pub fn bench(sizes: &[u64], reps: u32) -> Result<bool> {
+/// Downtime limits the smallest guest also migrates with after the workload, besides the
+/// default: how downtime follows the limit with and without hinting.
+const SWEEP_LIMITS_MS: &[u64] = &[100, 50];
+
+/// Runs every case (`cases`: all when empty) `reps` times for each guest size, at the default
+/// downtime limit and, for the smallest guest after the workload, at [`SWEEP_LIMITS_MS`]; prints
+/// the medians and writes them as text, and every run as CSV.
+pub fn bench(sizes: &[u64], reps: u32, cases: &[Variant]) -> Result<bool> {
+    let mut groups = Vec::new();
+    let variants: Vec<Variant> = VARIANTS
+        .iter()
+        .copied()
+        .filter(|v| cases.is_empty() || cases.contains(v))
+        .collect();
+    for &gib in sizes {
+        for &v in &variants {
+            groups.push((gib, v, Params::default().downtime_limit_ms));
+        }
+    }
+    if variants.contains(&Variant::AfterWorkload) {
+        if let Some(&gib) = sizes.iter().min() {
+            for &limit in SWEEP_LIMITS_MS {
+                groups.push((gib, Variant::AfterWorkload, limit));
+            }
+        }
+    }
     let mut rows = Vec::new();
     let mut all_clean = true;
-    for &gib in sizes {
-        for &v in VARIANTS {
-            for &s in SETUPS {
-                for rep in 0..reps {
-                    let (row, clean) = one(gib, v, s, rep);
-                    all_clean &= clean && row.result.is_ok();
-                    rows.push(row);
-                }
+    for (gib, v, limit) in groups {
+        for &s in SETUPS {
+            for rep in 0..reps {
+                let (row, clean) = one(gib, v, limit, s, rep);
+                all_clean &= clean && row.result.is_ok();
+                rows.push(row);
             }
         }
     }

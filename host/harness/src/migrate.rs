@@ -57,10 +57,10 @@ impl qapi::Command for QueryMigrate {
     const ALLOW_OOB: bool = false;
 }
 
-/// Migrates `src` to a new QEMU started from `dst_cfg`; returns the destination guest (its
-/// agent answering) and QEMU's statistics. The source is left paused; drop it to quit it.
-pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, Stats)> {
-    let mut dst = Guest::incoming(dst_cfg)?;
+/// Starts migrating `src` to a new QEMU started from `dst_cfg` (listening with `-incoming`),
+/// with the parameters pinned; returns the destination.
+pub fn start(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<Guest> {
+    let dst = Guest::incoming(dst_cfg)?;
     let params = qmp::MigrateSetParameters {
         max_bandwidth: Some(p.max_bandwidth),
         downtime_limit: Some(p.downtime_limit_ms),
@@ -73,6 +73,38 @@ pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, S
         detach: None,
         resume: None,
     })?;
+    Ok(dst)
+}
+
+/// The source's migration status (`active`, `completed`, `cancelled`...).
+pub fn status(src: &mut Guest) -> Result<String> {
+    let info = src.qmp(&QueryMigrate)?;
+    Ok(info["status"].as_str().unwrap_or("").to_string())
+}
+
+/// Cancels the running migration and waits until the source reports it cancelled; the source
+/// guest goes on running.
+pub fn cancel(src: &mut Guest) -> Result<()> {
+    src.qmp(&qmp::migrate_cancel {})?;
+    let start = Instant::now();
+    loop {
+        match status(src)?.as_str() {
+            "cancelled" => return Ok(()),
+            "completed" => {
+                return Err("the migration completed before it could be cancelled".into())
+            }
+            s if start.elapsed() > Duration::from_secs(60) => {
+                return Err(format!("migration still '{s}' 60 s after migrate_cancel"))
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Migrates `src` to a new QEMU started from `dst_cfg`; returns the destination guest (its
+/// agent answering) and QEMU's statistics. The source is left paused; drop it to quit it.
+pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, Stats)> {
+    let mut dst = start(src, dst_cfg, p)?;
     if let Some(bytes) = p.balloon_during {
         src.balloon(bytes)?;
     }
@@ -225,6 +257,16 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// The variant a `--case` name stands for.
+    pub fn from_name(name: &str) -> Option<Variant> {
+        match name {
+            "idle" => Some(Variant::Idle),
+            "after-workload" => Some(Variant::AfterWorkload),
+            "churn" => Some(Variant::Churn),
+            _ => None,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Variant::Idle => "idle",
@@ -250,8 +292,11 @@ pub struct Case {
     /// Hinting rounds and their total time in the guest (our driver only).
     pub hint_rounds: Option<u64>,
     pub hint_ns: Option<u64>,
-    /// Longest zone lock hold of our walk, in ns.
+    /// Longest zone lock hold of our walk, and the mean hold, in ns.
     pub hint_lock_max_ns: Option<u64>,
+    pub hint_lock_mean_ns: Option<u64>,
+    /// Host errors our driver counted (a hint buffer the host never took back is one).
+    pub host_errors: Option<u64>,
     /// Files the churn process completed.
     pub churn_files: u64,
 }
@@ -293,22 +338,35 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
     // The guest goes on working on the destination.
     g.sh("dd if=/dev/urandom of=/tmp/after bs=1048576 count=32 2>/dev/null && sha256sum /tmp/after > /dev/null && rm /tmp/after")?;
     let rs = d == crate::guest::Driver::Rs && g.cfg.free_page_hint;
-    let (hint_rounds, hint_ns, hint_lock_max_ns) = if rs {
-        (
-            Some(rs_counter(g, "hint_rounds")?),
-            Some(rs_counter(g, "hint_round_ns_total")?),
-            Some(rs_counter(g, "hint_lock_max_ns")?),
-        )
-    } else {
-        (None, None, None)
-    };
+    let mut hint = None;
+    if rs {
+        // The round the migration interrupted ends on the destination (without waiting for the
+        // host's timeout, or host_errors counts it).
+        let start = Instant::now();
+        while rs_counter(g, "hint_ended")? < rs_counter(g, "hint_rounds")? {
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err("a hinting round is still running 60 s after migration".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let holds = rs_counter(g, "hint_lock_holds")?;
+        hint = Some((
+            rs_counter(g, "hint_rounds")?,
+            rs_counter(g, "hint_round_ns_total")?,
+            rs_counter(g, "hint_lock_max_ns")?,
+            rs_counter(g, "hint_lock_ns_total")? / holds.max(1),
+            rs_counter(g, "host_errors")?,
+        ));
+    }
     Ok(Case {
         stats,
         free_before_kib,
         min_free_kib,
-        hint_rounds,
-        hint_ns,
-        hint_lock_max_ns,
+        hint_rounds: hint.map(|h| h.0),
+        hint_ns: hint.map(|h| h.1),
+        hint_lock_max_ns: hint.map(|h| h.2),
+        hint_lock_mean_ns: hint.map(|h| h.3),
+        host_errors: hint.map(|h| h.4),
         churn_files,
     })
 }

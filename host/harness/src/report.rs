@@ -168,7 +168,7 @@ pub fn bench(opts: &Opts) -> Result<bool> {
             Some(g) => vec![g],
             None => vec![2, 8],
         };
-        crate::migbench::bench(&sizes, opts.reps.unwrap_or(3))?
+        crate::migbench::bench(&sizes, opts.reps.unwrap_or(3), &opts.cases)?
     } else {
         true
     };

@@ -148,6 +148,14 @@ const SCENARIOS: &[Scenario] = &[
         poison: false,
         run: migrate_inflate_during_hint,
     },
+    Scenario {
+        name: "migrate_cancel_unload_hint",
+        mem_mib: 1024,
+        shared: true,
+        hint: true,
+        poison: false,
+        run: migrate_cancel_unload_hint,
+    },
     // Ours only: with page poisoning, hinted pages would arrive unpoisoned on the destination,
     // so our driver declines hinting (the C driver allocates what it hints, so it may go on).
     Scenario {
@@ -421,6 +429,9 @@ fn migration(g: &mut Guest, d: Driver, v: Variant, hint: bool) -> Result<()> {
         check(c.hint_rounds.unwrap_or(0) > 0, || {
             format!("no hinting round ran: {summary}")
         })?;
+        check(c.host_errors == Some(0), || {
+            format!("the driver counted host errors: {summary}")
+        })?;
         if v == Variant::AfterWorkload {
             // The walk takes no memory from the guest.
             check(c.min_free_kib * 2 > c.free_before_kib, || {
@@ -469,6 +480,80 @@ fn migrate_inflate_during_hint(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -
         })?;
     }
     deflate_all(g, total0)
+}
+
+/// Fails unless the migration from `g` is still running: the guest would be paused otherwise.
+fn still_migrating(g: &mut Guest) -> Result<()> {
+    let status = migrate::status(g)?;
+    check(status == "setup" || status == "active", || {
+        format!("migration '{status}', expected it to keep running")
+    })
+}
+
+/// A hinted migration held back by a bandwidth of 1 MiB/s, so the source keeps running with
+/// QEMU in hinting mode for minutes. The driver is unloaded right away (while the first round
+/// may still run) and loaded again, twice, then the host cancels the migration and QEMU sends
+/// DONE. The guest keeps its data, the balloon still works, the C driver gives back the memory
+/// it took for hints, and dmesg stays clean.
+fn migrate_cancel_unload_hint(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    let free0 = g.meminfo("MemFree")?;
+    migrate::write_live_data(g, migrate::LIVE_MIB)?;
+    let mut dst_cfg = g.cfg.clone();
+    dst_cfg.name = format!("{}-dst", g.cfg.name);
+    let p = Params {
+        max_bandwidth: MIB,
+        ..Params::default()
+    };
+    let dst = migrate::start(g, &dst_cfg, p)?;
+    for _ in 0..2 {
+        still_migrating(g)?;
+        g.unload(d)?;
+        g.load(d)?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    still_migrating(g)?;
+    migrate::cancel(g)?;
+    drop(dst);
+    if d == Driver::Rs {
+        // QEMU ends hinting with DONE when a migration is cancelled.
+        wait_counter(g, "hint_done", 1)?;
+        check(debugfs(g, "host_errors")? == 0, || {
+            "the driver counted host errors".into()
+        })?;
+    }
+    migrate::verify_live_data(g)?;
+    // Whatever a driver took for hinting is back (the live data is 64 MiB).
+    let start = Instant::now();
+    loop {
+        let free = g.meminfo("MemFree")?;
+        if free + (migrate::LIVE_MIB + 64) * 1024 >= free0 {
+            break;
+        }
+        check(start.elapsed() < WAIT, || {
+            format!("MemFree {free} kB after the cancel, {free0} kB before the migration")
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mem = g.ram_bytes();
+    g.balloon(mem - 128 * MIB)?;
+    g.wait_actual(mem - 128 * MIB, WAIT)?;
+    deflate_all(g, total0)
+}
+
+/// Waits until our driver's debugfs counter `file` reaches `n`.
+fn wait_counter(g: &mut Guest, file: &str, n: u64) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let v = debugfs(g, file)?;
+        if v >= n {
+            return Ok(());
+        }
+        check(start.elapsed() < WAIT, || {
+            format!("{file} stayed at {v}, expected {n}")
+        })?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn migrate_hint_poisoned(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
