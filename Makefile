@@ -8,7 +8,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 VBRS := $(CURDIR)/target/release/vbrs
 CARGO_BUILD = cargo build --release -q -p vbrs-harness
 
-.PHONY: all deps kernel modules bench-build harness run test bench clippy fmt fmt-check shell clean distclean
+.PHONY: all deps kernel modules qemu bench-build harness run test bench clippy fmt fmt-check shell clean distclean
 
 all: modules
 
@@ -17,6 +17,10 @@ deps:
 
 modules: deps
 	@bash scripts/build.sh debug
+
+## Our QEMU (Debian's source + patches/qemu/), for the scenarios that need it.
+qemu: deps
+	@bash scripts/qemu.sh >/dev/null
 
 bench-build: deps
 	@bash scripts/build.sh bench
@@ -30,7 +34,7 @@ run: modules harness
 	@$(VBRS) run
 
 ## Unit tests and every scenario with both drivers; ends with "N passed, N failed".
-test: modules harness
+test: modules qemu harness
 	@$(VBRS) test $(if $(FILTER),--filter '$(FILTER)') $(if $(DRIVER),--driver $(DRIVER))
 
 ## Both drivers side by side on the kernel without debug options (8 GiB guest).

@@ -10,6 +10,7 @@ APT_PKGS=(
 	linux-source-6.12
 	busybox-static cpio xz-utils zstd
 	make bc bison flex libelf-dev libssl-dev kmod python3 rsync
+	dpkg-dev meson ninja-build pkg-config libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev
 )
 BINDGEN_VERSION=0.70.1
 CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin

@@ -1,20 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Zones and their free lists: an allocation-free walk of the buddy allocator's free blocks.
+//! Free blocks lent by the buddy allocator for free page hinting (`mm/page_hinting.c`).
 //!
-//! [`FreeListWalk`] visits `zone->free_area[order].free_list[migratetype]` of every populated
-//! zone of every online node, highest order first, and records each free block it finds as a
-//! [`Range`] of page frames in a [`FreeRanges`] buffer. It never allocates, and holds a zone's
-//! lock (with interrupts off) for at most [`LOCK_BATCH`] list entries at a time. Between two
-//! holds it keeps only the *frame number* of the next entry, never a list pointer: when it takes
-//! the lock again it checks, through the frame's `struct page`, that the frame still heads a free
-//! block of the same order and migratetype (so it is still on the same list) before resuming
-//! there, and otherwise starts that list again from its head. Each list is visited at most
-//! `nr_free + LOCK_BATCH` times per walk, so a walk always ends however busy the guest is.
+//! [`HintWalk`] is mm's walk over the free lists of every populated zone, highest order first.
+//! [`HintBlocks::isolate`] asks mm for the next free blocks: mm takes them off its free lists
+//! under the zone's lock (one hold, at most `PAGE_HINTING_BATCH` list entries, never below the
+//! zone's low watermark) and hands them over. From then on the blocks are owned by the
+//! [`HintBlocks`] that holds them: nobody can allocate, and so write, them while a device acts
+//! on the hint. Dropping the [`HintBlocks`] (or [`HintBlocks::release`]) gives them back to the
+//! tail of their free lists; mm writes the poison pattern or zeroes into them first when page
+//! poisoning or `init_on_free` expect them.
 //!
-//! A range is a hint, not a reservation: the pages may be allocated again as soon as the lock is
-//! dropped. Users must only report ranges to parties that treat them as such (free page hinting,
-//! where the host re-sends any page written after the hint).
+//! Safe code cannot reach a free list, a zone or its lock: it only gets owned blocks and hands
+//! them back. It can keep blocks out of the allocator for as long as it holds them; the callers
+//! bound that (see `src/balloon/hint.rs`).
 
 use crate::proto::hint::{coalesce, Range, MAX_RANGE_PAGES};
 use core::mem::MaybeUninit;
@@ -25,118 +24,15 @@ use kernel::{
     },
     bindings,
     prelude::*,
-    time::Ktime,
 };
 
-/// Whether the walk is available. With memory hot-remove a frame's `struct page` can go away
-/// between two holds of a zone's lock, so the walk could not check a resume point safely.
-pub(crate) const SUPPORTED: bool = !cfg!(CONFIG_MEMORY_HOTREMOVE);
+/// Blocks one [`HintBlocks`] holds, at most (also the entries visited per lock hold).
+pub(crate) const MAX_BLOCKS: usize = bindings::PAGE_HINTING_BATCH as usize;
 
-/// List entries visited per hold of a zone's lock, at most.
-pub(crate) const LOCK_BATCH: usize = 128;
-
-/// Ranges one [`FreeRanges`] buffer holds (scatter-gather entries of one virtqueue element).
-pub(crate) const MAX_RANGES: usize = 128;
-
-/// Highest order of the buddy allocator.
-const MAX_ORDER: u32 = bindings::NR_PAGE_ORDERS - 1;
+/// Pages of the largest free block (`MAX_ORDER_NR_PAGES`).
+pub(crate) const MAX_BLOCK_PAGES: u64 = 1 << (bindings::NR_PAGE_ORDERS - 1);
 
 const PAGE_SHIFT: u32 = kernel::page::PAGE_SHIFT as u32;
-
-/// Free ranges found by a walk, and the scatter-gather table that describes them to a device.
-///
-/// # Invariants
-///
-/// `ranges[..len]` are non-empty ranges of frames that were free in the buddy allocator when the
-/// walk saw them: they lie inside a populated zone and have a `struct page`.
-pub(crate) struct FreeRanges {
-    ranges: [Range; MAX_RANGES],
-    len: usize,
-    sg: [MaybeUninit<bindings::scatterlist>; MAX_RANGES],
-}
-
-impl FreeRanges {
-    /// An empty buffer, allocated zeroed in place (it is too large for the stack).
-    pub(crate) fn new_boxed() -> Result<KBox<Self>> {
-        let boxed = KBox::<Self>::new_uninit(GFP_KERNEL | __GFP_ZERO)?;
-        // SAFETY: All-zero bytes are a valid `FreeRanges`: empty ranges, `len` 0, and scatterlist
-        // slots that need no initialisation.
-        // INVARIANT: `len` is 0.
-        Ok(unsafe { boxed.assume_init() })
-    }
-
-    /// The ranges held.
-    pub(crate) fn ranges(&self) -> &[Range] {
-        &self.ranges[..self.len]
-    }
-
-    /// Number of ranges held.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no range is held.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Whether the buffer is full.
-    pub(crate) fn is_full(&self) -> bool {
-        self.len == MAX_RANGES
-    }
-
-    /// Total pages of the ranges held.
-    pub(crate) fn pages(&self) -> u64 {
-        self.ranges().iter().map(|r| r.pages).sum()
-    }
-
-    /// Forgets the ranges held.
-    pub(crate) fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Records a free block, merging it into the last range when they touch.
-    fn push(&mut self, pfn: u64, pages: u64) {
-        if let Some(last) = self.len.checked_sub(1).map(|i| &mut self.ranges[i]) {
-            if last.end() == pfn && last.pages + pages <= MAX_RANGE_PAGES {
-                last.pages += pages;
-                return;
-            }
-            if pfn + pages == last.pfn && last.pages + pages <= MAX_RANGE_PAGES {
-                last.pfn = pfn;
-                last.pages += pages;
-                return;
-            }
-        }
-        if self.len < MAX_RANGES {
-            self.ranges[self.len] = Range { pfn, pages };
-            self.len += 1;
-        }
-    }
-
-    /// Fills the scatter-gather table, one entry per range, and returns it with its length.
-    ///
-    /// The entries describe free guest memory that the driver does not own: a device may only
-    /// take them as hints (it must not write to them).
-    pub(super) fn build_sg(&mut self) -> Option<(*mut bindings::scatterlist, u32)> {
-        if self.len == 0 {
-            return None;
-        }
-        let sg = self.sg.as_mut_ptr().cast::<bindings::scatterlist>();
-        // SAFETY: `sg` points to `MAX_RANGES >= len` scatterlist slots that we own.
-        unsafe { bindings::sg_init_table(sg, self.len as u32) };
-        for (i, r) in self.ranges[..self.len].iter().enumerate() {
-            // `coalesce` and `push` keep ranges within `MAX_RANGE_PAGES`, so this fits in u32.
-            let bytes = u32::try_from(r.pages << PAGE_SHIFT).ok()?;
-            // SAFETY: `i < len` is a slot initialised by `sg_init_table`; by the type invariant
-            // `r.pfn` has a `struct page`, and the range is contiguous guest memory.
-            unsafe {
-                bindings::sg_set_page(sg.add(i), bindings::pfn_to_page(r.pfn as _), bytes, 0)
-            };
-        }
-        Some((sg, self.len as u32))
-    }
-}
 
 /// Measurements of a walk.
 #[derive(Clone, Copy, Default)]
@@ -147,281 +43,182 @@ pub(crate) struct WalkStats {
     pub(crate) holds: u64,
     /// Time the zone locks were held, all holds together, in nanoseconds.
     pub(crate) total_hold_ns: u64,
-    /// Free list entries visited.
-    pub(crate) entries: u64,
-    /// Times a list was started again because its resume point was gone.
+    /// Times a list's end mark was lost (allocated or merged) and set again.
     pub(crate) restarts: u64,
+    /// Zones left early because they were at their low watermark.
+    pub(crate) low_zones: u64,
 }
 
-/// Where a walk is: the list it visits and the frame number to resume at.
-#[derive(Clone, Copy)]
-struct Cursor {
-    nid: i32,
-    zone: usize,
-    order: u32,
-    mt: usize,
-    /// The next entry to visit on the current list (`None`: its head).
-    resume: Option<u64>,
-    /// Visits left on the current list (`None`: not started).
-    budget: Option<u64>,
-}
-
-/// A walk of the free lists of every populated zone.
+/// mm's walk over the free lists of every populated zone (`struct page_hinting_walk`).
 ///
 /// # Invariants
 ///
-/// `cursor.nid` is an online node or at least `MAX_NUMNODES` (the walk is over); `cursor.zone`
-/// indexes that node's zones, `cursor.order` is in `min_order..=MAX_ORDER` and `cursor.mt` indexes
-/// a zone's free lists. No pointer into a list is kept between two holds of a zone's lock.
-pub(crate) struct FreeListWalk {
-    cursor: Cursor,
-    min_order: u32,
-    stats: WalkStats,
+/// `raw` was initialised by `page_hinting_walk_init`; only mm changes its cursor.
+pub(crate) struct HintWalk {
+    raw: bindings::page_hinting_walk,
 }
 
-// SAFETY: The walk holds frame numbers and indices only.
-unsafe impl Send for FreeListWalk {}
+// SAFETY: The walk holds a zone pointer (zones live as long as the kernel) and plain numbers;
+// mm's functions may be called on it from any thread.
+unsafe impl Send for HintWalk {}
 
-fn migratetypes() -> usize {
-    // SAFETY: Only the array length of a zero-initialised value is read.
-    let area: bindings::free_area = unsafe { core::mem::zeroed() };
-    area.free_list.len()
-}
-
-/// The first online node after `nid`, or `MAX_NUMNODES` when there is none.
-fn next_online_node(nid: i32) -> i32 {
-    let max = bindings::MAX_NUMNODES as i32;
-    let mut n = nid.saturating_add(1).max(0);
-    // SAFETY: `node_online` only tests a bit of the online node mask, for `n < MAX_NUMNODES`.
-    while n < max && !unsafe { bindings::node_online(n) } {
-        n += 1;
-    }
-    n
-}
-
-/// The zone `zone` of node `nid`.
-fn zone_ptr(nid: i32, zone: usize) -> *mut bindings::zone {
-    // SAFETY: `nid` is an online node, whose `pglist_data` lives as long as the kernel.
-    let pgdat = unsafe { bindings::NODE_DATA(nid) };
-    // SAFETY: `pgdat` is valid and `zone < MAX_NR_ZONES` (checked by callers).
-    unsafe {
-        (&raw mut (*pgdat).node_zones)
-            .cast::<bindings::zone>()
-            .add(zone)
-    }
-}
-
-/// The `struct page` whose `lru`/`buddy_list` field is `entry`.
-///
-/// # Safety
-///
-/// `entry` must be the list link of a page on a free list.
-unsafe fn page_of(entry: *mut bindings::list_head) -> *mut bindings::page {
-    let offset = core::mem::offset_of!(bindings::page, __bindgen_anon_1)
-        + core::mem::offset_of!(bindings::page__bindgen_ty_1__bindgen_ty_1, __bindgen_anon_1);
-    // SAFETY: The link lives `offset` bytes into its page (the caller guarantees it is one).
-    unsafe { entry.cast::<u8>().sub(offset).cast() }
-}
-
-/// The list link of `page`.
-///
-/// # Safety
-///
-/// `page` must be a valid `struct page`.
-unsafe fn link_of(page: *mut bindings::page) -> *mut bindings::list_head {
-    // SAFETY: `page` is valid; the link is a field of the page's first union.
-    unsafe { (&raw mut (*page).__bindgen_anon_1.__bindgen_anon_1.__bindgen_anon_1).cast() }
-}
-
-impl FreeListWalk {
-    /// Starts a walk that reports free blocks of order `min_order` and above.
+impl HintWalk {
+    /// Starts a walk that hints free blocks of order `min_order` and above.
     pub(crate) fn new(min_order: u32) -> Self {
-        let min_order = min_order.min(MAX_ORDER);
-        // INVARIANT: the first online node, its first zone, the highest order and first list.
+        let mut raw = MaybeUninit::<bindings::page_hinting_walk>::zeroed();
+        // SAFETY: `raw` is valid for writes; `page_hinting_walk_init` initialises every field.
+        unsafe { bindings::page_hinting_walk_init(raw.as_mut_ptr(), min_order) };
+        // SAFETY: Initialised just above (and all-zero is a valid value anyway).
+        // INVARIANT: initialised by `page_hinting_walk_init`.
         Self {
-            cursor: Cursor {
-                nid: next_online_node(-1),
-                zone: 0,
-                order: MAX_ORDER,
-                mt: 0,
-                resume: None,
-                budget: None,
-            },
-            min_order,
-            stats: WalkStats::default(),
+            raw: unsafe { raw.assume_init() },
         }
     }
 
-    /// Whether every list has been visited.
+    /// Whether every free list has been visited.
     pub(crate) fn is_done(&self) -> bool {
-        self.cursor.nid < 0 || self.cursor.nid as u32 >= bindings::MAX_NUMNODES
+        // SAFETY: `raw` is an initialised walk (type invariant).
+        unsafe { bindings::page_hinting_walk_done(&self.raw) }
     }
 
     /// The walk's measurements so far.
     pub(crate) fn stats(&self) -> WalkStats {
-        self.stats
-    }
-
-    /// Moves the cursor to the next list; returns whether it stays in the same zone.
-    fn next_list(&mut self) -> bool {
-        let c = &mut self.cursor;
-        c.resume = None;
-        c.budget = None;
-        c.mt += 1;
-        if c.mt < migratetypes() {
-            return true;
-        }
-        c.mt = 0;
-        if c.order > self.min_order {
-            c.order -= 1;
-            return true;
-        }
-        self.next_zone();
-        false
-    }
-
-    /// Moves the cursor to the first list of the next zone.
-    fn next_zone(&mut self) {
-        let c = &mut self.cursor;
-        c.resume = None;
-        c.budget = None;
-        c.mt = 0;
-        c.order = MAX_ORDER;
-        c.zone += 1;
-        if c.zone >= bindings::MAX_NR_ZONES as usize {
-            c.zone = 0;
-            c.nid = next_online_node(c.nid);
+        WalkStats {
+            max_hold_ns: self.raw.hold_ns_max,
+            holds: self.raw.holds,
+            total_hold_ns: self.raw.hold_ns_total,
+            restarts: self.raw.restarts,
+            low_zones: self.raw.low_zones,
         }
     }
+}
 
-    /// Adds free blocks to `out` until it is full or the walk is over, then merges the ranges
-    /// that touch. `stop` is asked between two holds of a lock (never while one is held); when it
-    /// says so, the call returns early and the walk can be continued later.
-    pub(crate) fn fill(&mut self, out: &mut FreeRanges, mut stop: impl FnMut() -> bool) {
-        // A few passes: coalescing may make room for more.
-        for _ in 0..4 {
-            while !out.is_full() && !self.is_done() {
-                if stop() {
-                    return;
-                }
-                self.fill_zone_batch(out);
-            }
-            out.len = coalesce(&mut out.ranges[..out.len], MAX_RANGE_PAGES);
-            if self.is_done() || out.len > MAX_RANGES * 3 / 4 {
-                return;
-            }
-        }
+/// Free blocks isolated from the allocator for hinting, and the scatter-gather table that
+/// describes them to a device.
+///
+/// # Invariants
+///
+/// `blocks[..len]` are blocks isolated by `page_hinting_isolate` and not yet put back: this
+/// object owns them and puts them back when it is dropped. `ranges[..nranges]` and the
+/// scatter-gather table describe (only) those blocks, when `nranges > 0`.
+pub(crate) struct HintBlocks {
+    blocks: [bindings::page_hinting_block; MAX_BLOCKS],
+    len: usize,
+    pages: u64,
+    ranges: [Range; MAX_BLOCKS],
+    nranges: usize,
+    sg: [MaybeUninit<bindings::scatterlist>; MAX_BLOCKS],
+}
+
+// SAFETY: The blocks are owned exclusively; mm's functions may be called from any thread.
+unsafe impl Send for HintBlocks {}
+
+impl HintBlocks {
+    /// An empty holder, allocated zeroed in place (it is too large for the stack).
+    pub(crate) fn new_boxed() -> Result<KBox<Self>> {
+        let boxed = KBox::<Self>::new_uninit(GFP_KERNEL | __GFP_ZERO)?;
+        // SAFETY: All-zero bytes are a valid `HintBlocks`: no blocks (null pages), no ranges,
+        // and scatterlist slots that need no initialisation.
+        // INVARIANT: `len` and `nranges` are 0.
+        Ok(unsafe { boxed.assume_init() })
     }
 
-    /// One hold of the current zone's lock: visits at most [`LOCK_BATCH`] entries of the zone's
-    /// lists, from the cursor on.
-    fn fill_zone_batch(&mut self, out: &mut FreeRanges) {
-        let zone = zone_ptr(self.cursor.nid, self.cursor.zone);
-        // SAFETY: `zone` is a zone of an online node.
-        if !unsafe { bindings::populated_zone(zone) } {
-            self.next_zone();
-            return;
+    /// Whether no block is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether no more blocks fit.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == MAX_BLOCKS
+    }
+
+    /// Pages of the blocks held.
+    pub(crate) fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Takes the next free blocks of `walk` (one hold of a zone's lock), as long as the blocks
+    /// held stay within `max_pages` pages; returns how many were added. Zero with the walk not
+    /// done means a zone ended or was low: call again. May sleep.
+    pub(crate) fn isolate(&mut self, walk: &mut HintWalk, max_pages: u64) -> usize {
+        let room = MAX_BLOCKS - self.len;
+        let pages_room = max_pages.saturating_sub(self.pages);
+        if room == 0 || pages_room == 0 || walk.is_done() {
+            return 0;
         }
-        // SAFETY: `zone` is valid; these fields do not change while the zone is populated.
-        let (start, end) = unsafe {
-            (
-                (*zone).zone_start_pfn as u64,
-                (*zone).zone_start_pfn as u64 + (*zone).spanned_pages as u64,
+        // SAFETY: `walk.raw` is an initialised walk; `blocks[len..]` has room for `room`
+        // entries; we are in process context without locks (the callers are work items).
+        let n = unsafe {
+            bindings::page_hinting_isolate(
+                &mut walk.raw,
+                self.blocks.as_mut_ptr().add(self.len),
+                room as u32,
+                pages_room as _,
             )
-        };
-        // SAFETY: `zone->lock` is an initialised spinlock; we release it below, before returning,
-        // with the flags it gave.
-        let flags = unsafe { bindings::spin_lock_irqsave(&raw mut (*zone).lock) };
-        let t0 = Ktime::ktime_get();
-        let mut visited = 0usize;
-        // Nothing below allocates, sleeps or calls out of this module except for page accessors.
-        'lists: loop {
-            let order = self.cursor.order;
-            let mt = self.cursor.mt;
-            // SAFETY: We hold the zone's lock, which protects its free lists; the indices are in
-            // range (type invariant).
-            let head: *mut bindings::list_head =
-                unsafe { &raw mut (*zone).free_area[order as usize].free_list[mt] };
-            if self.cursor.budget.is_none() {
-                // SAFETY: As above; `nr_free` is protected by the lock.
-                let nr = unsafe { (*zone).free_area[order as usize].nr_free } as u64;
-                self.cursor.budget = Some(nr + LOCK_BATCH as u64);
-            }
-            let mut entry = match self.cursor.resume {
-                // SAFETY: `head` is a valid list head under the lock.
-                None => unsafe { (*head).next },
-                Some(pfn) => match resume_point(pfn, order, mt, start, end) {
-                    Some(link) => link,
-                    None => {
-                        self.stats.restarts += 1;
-                        // SAFETY: As above.
-                        unsafe { (*head).next }
-                    }
-                },
-            };
-            loop {
-                if entry == head || self.cursor.budget == Some(0) {
-                    if self.next_list() {
-                        continue 'lists;
-                    }
-                    break 'lists;
-                }
-                if visited == LOCK_BATCH || out.is_full() {
-                    // SAFETY: `entry` is a link on the list, under the lock.
-                    let page = unsafe { page_of(entry) };
-                    // SAFETY: `page` is a valid page.
-                    self.cursor.resume = Some(unsafe { bindings::page_to_pfn(page) } as u64);
-                    break 'lists;
-                }
-                // SAFETY: `entry` is a link of a page on the free list, under the lock.
-                let page = unsafe { page_of(entry) };
-                // SAFETY: `page` is a valid page.
-                let pfn = unsafe { bindings::page_to_pfn(page) } as u64;
-                // INVARIANT: the block heads `1 << order` free frames of this zone.
-                out.push(pfn, 1u64 << order);
-                visited += 1;
-                self.cursor.budget = self.cursor.budget.map(|b| b - 1);
-                // SAFETY: Under the lock the list is consistent; `entry` is on it.
-                entry = unsafe { (*entry).next };
-            }
+        } as usize;
+        let n = n.min(room);
+        for b in &self.blocks[self.len..self.len + n] {
+            self.pages += 1u64 << b.order;
         }
-        let held = elapsed_ns(t0);
-        // SAFETY: We took the lock above with these flags.
-        unsafe { bindings::spin_unlock_irqrestore(&raw mut (*zone).lock, flags) };
-        self.stats.holds += 1;
-        self.stats.entries += visited as u64;
-        self.stats.max_hold_ns = self.stats.max_hold_ns.max(held);
-        self.stats.total_hold_ns += held;
+        // INVARIANT: mm isolated these `n` blocks for us; the ranges are rebuilt before use.
+        self.len += n;
+        self.nranges = 0;
+        n
+    }
+
+    /// Gives every block back to the allocator. May sleep.
+    pub(crate) fn release(&mut self) {
+        if self.len > 0 {
+            // SAFETY: `blocks[..len]` are isolated blocks we own (type invariant); afterwards
+            // we forget them.
+            unsafe { bindings::page_hinting_putback(self.blocks.as_mut_ptr(), self.len as u32) };
+        }
+        // INVARIANT: nothing is held any more.
+        self.len = 0;
+        self.pages = 0;
+        self.nranges = 0;
+    }
+
+    /// Merges adjacent blocks into ranges (what [`Self::build_sg`] describes); returns how
+    /// many ranges they make.
+    pub(crate) fn merge(&mut self) -> usize {
+        for (r, b) in self.ranges.iter_mut().zip(&self.blocks[..self.len]) {
+            // SAFETY: `b.page` is the first page of a block we own (type invariant).
+            let pfn = unsafe { bindings::page_to_pfn(b.page) } as u64;
+            *r = Range {
+                pfn,
+                pages: 1u64 << b.order,
+            };
+        }
+        self.nranges = coalesce(&mut self.ranges[..self.len], MAX_RANGE_PAGES);
+        self.nranges
+    }
+
+    /// Fills the scatter-gather table with the blocks held, adjacent ones merged into one
+    /// entry, and returns it with its length.
+    pub(super) fn build_sg(&mut self) -> Option<(*mut bindings::scatterlist, u32)> {
+        if self.merge() == 0 {
+            return None;
+        }
+        let sg = self.sg.as_mut_ptr().cast::<bindings::scatterlist>();
+        // SAFETY: `sg` points to `MAX_BLOCKS >= nranges` scatterlist slots that we own.
+        unsafe { bindings::sg_init_table(sg, self.nranges as u32) };
+        for (i, r) in self.ranges[..self.nranges].iter().enumerate() {
+            // `coalesce` keeps ranges within `MAX_RANGE_PAGES`, so this fits in u32.
+            let bytes = u32::try_from(r.pages << PAGE_SHIFT).ok()?;
+            // SAFETY: `i < nranges` is a slot initialised by `sg_init_table`; the range is made
+            // of blocks we own, contiguous guest memory with a `struct page` for each frame.
+            unsafe {
+                bindings::sg_set_page(sg.add(i), bindings::pfn_to_page(r.pfn as _), bytes, 0)
+            };
+        }
+        Some((sg, self.nranges as u32))
     }
 }
 
-/// The list link of frame `pfn` if it still heads a free block of `order` on the free list of
-/// migratetype `mt` of the zone spanning `start..end`. Called with that zone's lock held.
-fn resume_point(
-    pfn: u64,
-    order: u32,
-    mt: usize,
-    start: u64,
-    end: u64,
-) -> Option<*mut bindings::list_head> {
-    if pfn < start || pfn >= end {
-        return None;
+impl Drop for HintBlocks {
+    fn drop(&mut self) {
+        self.release();
     }
-    // SAFETY: `pfn` lies in a populated zone and was the frame of a free block, so it has a
-    // `struct page` (memory hot-remove is not configured), which stays valid memory.
-    let page = unsafe { bindings::pfn_to_page(pfn as _) };
-    // SAFETY: `page` is a valid page; under the zone lock, `PageBuddy` and the buddy order in
-    // `private` are stable for the pages of this zone.
-    let buddy = unsafe { bindings::PageBuddy(page) && bindings::page_private(page) == order as _ };
-    // SAFETY: `page` is valid; the pageblock's migratetype (whose free list its free pages are
-    // on) only changes under the zone lock.
-    if !buddy || unsafe { bindings::get_pageblock_migratetype(page) } as usize != mt {
-        return None;
-    }
-    // SAFETY: `page` is a valid page.
-    Some(unsafe { link_of(page) })
-}
-
-fn elapsed_ns(start: Ktime) -> u64 {
-    (Ktime::ktime_get().to_ns() - start.to_ns()).max(0) as u64
 }

@@ -19,13 +19,6 @@ pub(crate) fn available_pages() -> u64 {
     pages.max(0) as u64
 }
 
-/// Whether page poisoning is on (`page_poison=1`): free pages then hold a pattern that is
-/// checked when they are allocated again, so their contents matter.
-pub(crate) fn page_poisoning_enabled() -> bool {
-    // SAFETY: Reads a static key.
-    unsafe { bindings::page_poisoning_enabled_static() }
-}
-
 /// An order-0 page owned by the driver.
 ///
 /// # Invariants

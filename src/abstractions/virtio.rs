@@ -8,7 +8,7 @@
 //! the [`Virtqueue`]s, which take back every buffer still queued) and only then deletes the
 //! virtqueues.
 
-use super::free_area::FreeRanges;
+use super::free_area::HintBlocks;
 use core::{marker::PhantomData, mem::MaybeUninit, ptr::NonNull};
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
@@ -167,9 +167,11 @@ pub(crate) enum Payload<'a> {
     /// Bytes the device reads. They must lie inside the buffer itself (they are checked); the
     /// buffer is boxed, so they do not move while it is queued.
     Out(&'a [u8]),
-    /// Ranges of free guest memory, one device-writable scatter-gather entry each, as the free
-    /// page hinting protocol sends them: the device takes them as hints and never writes them.
-    FreePages(&'a mut FreeRanges),
+    /// Free blocks the driver owns (isolated from the allocator), adjacent ones merged into one
+    /// device-writable scatter-gather entry each, as the free page hinting protocol sends
+    /// them: the device takes them as hints and never writes them. They stay owned, so out of
+    /// the allocator, until the device has used the buffer.
+    FreePages(&'a mut HintBlocks),
 }
 
 /// A buffer that a [`Virtqueue`] carries to the device.
@@ -252,7 +254,7 @@ impl<B: Buffer> Virtqueue<B> {
         };
         let token = KBox::into_raw(buf);
         // The core copies the entries into the ring; out entries point into the box, in entries
-        // are free page hints, which the device does not write.
+        // are free blocks the box owns until the buffer comes back.
         // SAFETY: `vq` is live; `sg` holds `num` initialised entries; the token is the box's
         // pointer, which stays valid until the queue gives it back.
         let ret = unsafe {

@@ -62,8 +62,13 @@ pub(crate) struct Counters {
     /// Time the free list walk held zone locks, every hold together, in nanoseconds (divided by
     /// `hint_lock_holds`: the mean hold).
     pub(crate) hint_lock_ns_total: AtomicU64,
-    /// Times the walk started a free list again because its resume point had been allocated.
+    /// Times a free list's end mark was lost (allocated or merged) and set again.
     pub(crate) hint_restarts: AtomicU64,
+    /// Zones a walk left early because they were at their low watermark.
+    pub(crate) hint_low_zones: AtomicU64,
+    /// Most pages isolated for hints at one moment (bounded by the buffers in flight times the
+    /// pages per buffer: 64 MiB).
+    pub(crate) hint_isolated_max: AtomicU64,
     /// Smallest order of the free blocks reported (writable; 0: every free block).
     pub(crate) hint_min_order: AtomicU64,
 }
@@ -98,6 +103,8 @@ impl Counters {
         (c_str!("hint_lock_holds"), |c| &c.hint_lock_holds),
         (c_str!("hint_lock_ns_total"), |c| &c.hint_lock_ns_total),
         (c_str!("hint_restarts"), |c| &c.hint_restarts),
+        (c_str!("hint_low_zones"), |c| &c.hint_low_zones),
+        (c_str!("hint_isolated_max"), |c| &c.hint_isolated_max),
     ];
 
     /// The writable files of the debugfs directory (tunables).

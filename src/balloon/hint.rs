@@ -4,16 +4,19 @@
 //! free memory, and skips sending what it is told is free.
 //!
 //! A round starts when `free_page_hint_cmd_id` shows a new id: the driver sends the id on the
-//! free page queue, then the free ranges found by walking the zones' free lists (see
-//! [`crate::abstractions::free_area`]), many ranges per buffer, and closes the round with the
-//! stop id. Nothing is allocated for it and no memory is taken from the guest, unlike the C
+//! free page queue, then free blocks that mm isolates for it (see
+//! [`crate::abstractions::free_area`]), many blocks per buffer, and closes the round with the
+//! stop id. A block stays isolated, owned by its buffer, until the host has used the buffer, so
+//! the guest cannot write a page while the host acts on a hint that names it (on KVM such a
+//! write can be lost). At most [`HINT_BUFFERS`] buffers of at most [`HINT_BUFFER_PAGES`] pages
+//! are out at once: the guest's free memory never dips by more than 64 MiB, unlike the C
 //! driver, which allocates 4 MiB blocks until none is left. A new id, the stop id, any other
 //! config change, device removal or an unresponsive host end a round early.
 
 use super::counters;
 use super::device::{elapsed_ns, Balloon};
 use crate::abstractions::{
-    free_area::{FreeListWalk, FreeRanges},
+    free_area::{HintBlocks, HintWalk, MAX_BLOCK_PAGES},
     virtio::{Buffer, Payload, Virtqueue},
     wait::ms_to_jiffies,
 };
@@ -29,15 +32,18 @@ use kernel::{
 };
 
 /// Buffers on the free page queue, at most (also bounded by the ring size).
-const HINT_BUFFERS: usize = 8;
+pub(crate) const HINT_BUFFERS: usize = 4;
+/// Pages one hint buffer names, at most (16 MiB). With [`HINT_BUFFERS`], at most 64 MiB of free
+/// memory is isolated at any moment.
+pub(crate) const HINT_BUFFER_PAGES: u64 = 4096;
 /// How long the host may take to use a hint buffer before the round is given up.
 const HINT_HOST_TIMEOUT_MS: u32 = 5_000;
 
-/// A buffer of the free page queue: a command id (out) or free ranges (in).
+/// A buffer of the free page queue: a command id (out) or free blocks (in), which it owns.
 pub(crate) struct HintBuf {
     cmd: [u8; 4],
     is_cmd: bool,
-    ranges: KBox<FreeRanges>,
+    blocks: KBox<HintBlocks>,
 }
 
 impl Buffer for HintBuf {
@@ -45,7 +51,7 @@ impl Buffer for HintBuf {
         if self.is_cmd {
             Payload::Out(&self.cmd)
         } else {
-            Payload::FreePages(&mut self.ranges)
+            Payload::FreePages(&mut self.blocks)
         }
     }
 }
@@ -56,6 +62,8 @@ pub(crate) struct HintState {
     /// Buffers not on the queue (`None`: that one is on the queue).
     spare: KVec<Option<KBox<HintBuf>>>,
     rounds: Rounds,
+    /// Pages isolated in buffers on the queue.
+    isolated: u64,
 }
 
 impl HintState {
@@ -67,7 +75,7 @@ impl HintState {
             let buf = HintBuf {
                 cmd: [0; 4],
                 is_cmd: false,
-                ranges: FreeRanges::new_boxed()?,
+                blocks: HintBlocks::new_boxed()?,
             };
             spare.push(Some(KBox::new(buf, GFP_KERNEL)?), GFP_KERNEL)?;
         }
@@ -75,6 +83,7 @@ impl HintState {
             vq,
             spare,
             rounds: Rounds::new(),
+            isolated: 0,
         })
     }
 
@@ -82,8 +91,9 @@ impl HintState {
         self.spare.iter_mut().find_map(Option::take)
     }
 
+    /// Takes a buffer back: its blocks go back to the allocator.
     fn put(&mut self, mut buf: KBox<HintBuf>) {
-        buf.ranges.clear();
+        buf.blocks.release();
         if let Some(slot) = self.spare.iter_mut().find(|slot| slot.is_none()) {
             *slot = Some(buf);
         }
@@ -126,12 +136,19 @@ impl Balloon {
         }
     }
 
-    /// Takes back the buffers the host has used.
+    /// Takes back the buffers the host has used: the host is done with their blocks, which go
+    /// back to the allocator.
     fn reclaim_hints(&self, st: &mut HintState) {
         while let Some((buf, len)) = st.vq.get_used() {
-            self.check_hint_used(len);
-            st.put(buf);
+            self.hint_used(st, buf, len);
         }
+    }
+
+    /// A hint buffer came back from the host.
+    fn hint_used(&self, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
+        self.check_hint_used(len);
+        st.isolated = st.isolated.saturating_sub(buf.blocks.pages());
+        st.put(buf);
     }
 
     /// Checks the length the host reports for a used hint buffer: hints are never written, and
@@ -173,8 +190,7 @@ impl Balloon {
                 });
             counters::add(&self.counters().host_wait_ns, elapsed_ns(start));
             if let Some((buf, len)) = used {
-                self.check_hint_used(len);
-                st.put(buf);
+                self.hint_used(st, buf, len);
                 continue;
             }
             if self.stopping.load(Ordering::Acquire) {
@@ -231,7 +247,7 @@ impl Balloon {
             .hint_min_order
             .load(Ordering::Relaxed)
             .min(u64::from(u32::MAX)) as u32;
-        let mut walk = FreeListWalk::new(min_order);
+        let mut walk = HintWalk::new(min_order);
         // Asked between two holds of a zone lock: has the round been overtaken?
         let interrupted = || {
             self.stopping.load(Ordering::Acquire)
@@ -248,18 +264,21 @@ impl Balloon {
                 }
             };
             buf.is_cmd = false;
-            walk.fill(&mut buf.ranges, interrupted);
-            if buf.ranges.is_empty() {
+            fill(&mut buf.blocks, &mut walk, interrupted);
+            if buf.blocks.is_empty() {
                 st.put(buf);
                 if !walk.is_done() {
                     end = RoundEnd::Interrupted;
                 }
                 break;
             }
-            let (ranges, pages) = (buf.ranges.len() as u64, buf.ranges.pages());
+            let (pages, ranges) = (buf.blocks.pages(), buf.blocks.merge() as u64);
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();
+                    st.isolated += pages;
+                    c.hint_isolated_max
+                        .fetch_max(st.isolated, Ordering::Relaxed);
                     counters::add(&c.hint_ranges, ranges);
                     counters::add(&c.hint_pages, pages);
                     counters::add(&c.hint_descs, 1);
@@ -285,11 +304,29 @@ impl Balloon {
         counters::add(&c.hint_lock_holds, stats.holds);
         counters::add(&c.hint_lock_ns_total, stats.total_hold_ns);
         counters::add(&c.hint_restarts, stats.restarts);
+        counters::add(&c.hint_low_zones, stats.low_zones);
         c.hint_lock_max_ns
             .fetch_max(stats.max_hold_ns, Ordering::Relaxed);
         if end != RoundEnd::Complete {
             counters::add(&c.hint_aborts, 1);
         }
         counters::add(&c.hint_ended, 1);
+    }
+}
+
+/// Fills `blocks` from `walk` until it holds [`HINT_BUFFER_PAGES`] (no more block of the
+/// largest order fits), its slots are full, the walk is over or `interrupted` says so (asked
+/// between two holds of a zone lock, never while one is held).
+fn fill(blocks: &mut HintBlocks, walk: &mut HintWalk, interrupted: impl Fn() -> bool) {
+    while !walk.is_done()
+        && !blocks.is_full()
+        && HINT_BUFFER_PAGES - blocks.pages() >= MAX_BLOCK_PAGES
+        && !interrupted()
+    {
+        // Nothing taken: the zone ended or was at its low watermark (the walk moved on), or
+        // the next block does not fit (send what is held).
+        if blocks.isolate(walk, HINT_BUFFER_PAGES) == 0 && !blocks.is_empty() {
+            break;
+        }
     }
 }

@@ -12,10 +12,7 @@ mod counters;
 mod device;
 mod hint;
 
-use crate::abstractions::{
-    free_area, mm,
-    virtio::{self, Borrowed, Device},
-};
+use crate::abstractions::virtio::{self, Borrowed, Device};
 use crate::proto::features;
 use kernel::{c_str, prelude::*, str::CStr, sync::Arc};
 
@@ -44,26 +41,6 @@ impl virtio::Driver for BalloonDriver {
     fn validate(dev: &Device) -> Result {
         // The balloon reports guest-physical frame numbers, never DMA addresses.
         dev.clear_feature(features::ACCESS_PLATFORM);
-        if dev.has_feature(features::FREE_PAGE_HINT) {
-            // Hinted pages stay free and are not migrated: the destination has zeroes where
-            // the source had free pages. That is only harmless when nothing checks what free
-            // pages hold; with page poisoning the next allocation would report corruption.
-            let why = if !free_area::SUPPORTED {
-                Some("memory hot-remove is configured")
-            } else if mm::page_poisoning_enabled() {
-                Some("page poisoning is on")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                pr_info!(
-                    "virtio{}: free page hinting declined: {}\n",
-                    dev.index(),
-                    why
-                );
-                dev.clear_feature(features::FREE_PAGE_HINT);
-            }
-        }
         Ok(())
     }
 

@@ -40,6 +40,34 @@ impl Driver {
     }
 }
 
+/// Which QEMU runs a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qemu {
+    /// Debian's `qemu-system-x86_64`: what users run, the default.
+    Debian,
+    /// Ours: Debian's source with `patches/qemu/` (`build/qemu/qemu-system-x86_64`, built by
+    /// `scripts/qemu.sh`).
+    Ours,
+}
+
+impl Qemu {
+    /// The binary to run.
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Qemu::Debian => PathBuf::from("qemu-system-x86_64"),
+            Qemu::Ours => paths::top().join("build/qemu/qemu-system-x86_64"),
+        }
+    }
+
+    /// How scenario names show it (empty for Debian's).
+    pub fn label(self) -> &'static str {
+        match self {
+            Qemu::Debian => "",
+            Qemu::Ours => ", our qemu",
+        }
+    }
+}
+
 /// How to start a guest.
 #[derive(Clone)]
 pub struct Config {
@@ -54,6 +82,10 @@ pub struct Config {
     pub append: String,
     /// Free page hinting on the balloon device (`free-page-hint=on` with an iothread).
     pub free_page_hint: bool,
+    /// Which QEMU runs the guest.
+    pub qemu: Qemu,
+    /// Extra QEMU arguments (e.g. `-global` test-only properties of our QEMU).
+    pub qemu_args: Vec<String>,
 }
 
 impl Config {
@@ -66,6 +98,8 @@ impl Config {
             balloon_props: String::new(),
             append: String::new(),
             free_page_hint: false,
+            qemu: Qemu::Debian,
+            qemu_args: Vec::new(),
         }
     }
 }
@@ -243,7 +277,11 @@ impl Guest {
             "console=ttyS0 panic=-1 oops=panic loglevel=6 {}",
             cfg.append
         );
-        let mut qemu = Command::new("qemu-system-x86_64");
+        let mut qemu = Command::new(cfg.qemu.binary());
+        if cfg.qemu == Qemu::Ours {
+            // Our build has no firmware of its own: Debian's (qemu-system-data, seabios).
+            qemu.args(["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"]);
+        }
         qemu.args([
             "-nodefaults",
             "-no-user-config",
@@ -296,6 +334,7 @@ impl Guest {
         if cfg.free_page_hint {
             qemu.args(["-object", "iothread,id=io0"]);
         }
+        qemu.args(&cfg.qemu_args);
         // Extra arguments for every QEMU, for investigations (e.g. `-trace migrate_pending`;
         // QEMU's stderr is kept in the run directory).
         if let Ok(extra) = std::env::var("VBRS_QEMU_ARGS") {
@@ -308,7 +347,9 @@ impl Guest {
         qemu.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("qemu.stderr")).ctx("qemu.stderr")?);
-        let mut child = qemu.spawn().ctx("starting qemu-system-x86_64")?;
+        let mut child = qemu
+            .spawn()
+            .ctx(&format!("starting {}", cfg.qemu.binary().display()))?;
         let connect = |p: &Path, child: &mut Child| -> Result<UnixStream> {
             let start = Instant::now();
             loop {
@@ -578,6 +619,9 @@ pub fn splat(log: &str) -> Option<&str> {
         "pagealloc: memory corruption",
         "soft lockup",
         "hung_task",
+        "self-detected stall",
+        "detected stalls on CPU",
+        "hogged CPU",
     ];
     log.lines()
         .find(|l| MARKERS.iter().any(|m| l.contains(m)) && !l.contains("page_poison=1"))

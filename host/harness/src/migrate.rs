@@ -216,6 +216,54 @@ pub fn stop_and_verify_churn(g: &mut Guest) -> Result<u64> {
     Ok(rounds.trim().parse().unwrap_or(0))
 }
 
+const FRESH: &str = r#"i=0
+while [ ! -e /tmp/fresh.stop ] && [ $i -lt @MAX@ ]; do
+	cp /tmp/fresh.seed /tmp/fresh/f$i
+	i=$((i+1))
+	echo $i > /tmp/fresh.count
+done
+touch /tmp/fresh.done
+"#;
+
+/// Size of each file the fresh-files writer writes, in KiB.
+pub const FRESH_KIB: u64 = 512;
+
+/// Starts a process that writes new files, each a copy of one random 512 KiB seed, until told
+/// to stop or `max` files exist: every file is a fresh allocation, so it lands on pages that
+/// were free a moment earlier (the pages a free page hint has just named).
+pub fn start_fresh_files(g: &mut Guest, max: u64) -> Result<()> {
+    let script = FRESH.replace("@MAX@", &max.to_string());
+    g.sh(&format!(
+        "rm -rf /tmp/fresh /tmp/fresh.stop /tmp/fresh.done /tmp/fresh.count && mkdir -p /tmp/fresh && \
+         dd if=/dev/urandom of=/tmp/fresh.seed bs=1024 count={FRESH_KIB} 2>/dev/null && \
+         sha256sum < /tmp/fresh.seed > /tmp/fresh.sum && \
+         cat > /tmp/fresh.sh <<'VBRS'\n{script}VBRS\n\
+         setsid sh /tmp/fresh.sh </dev/null >/dev/null 2>&1 &\n\
+         i=0; while [ ! -e /tmp/fresh.count ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"
+    ))
+    .map(|_| ())
+}
+
+/// Stops the fresh-files writer, checks every file against the seed's checksum and removes
+/// them; returns (files written, files corrupted).
+pub fn stop_and_verify_fresh_files(g: &mut Guest) -> Result<(u64, u64)> {
+    let out = g.sh("touch /tmp/fresh.stop; i=0; \
+         while [ ! -e /tmp/fresh.done ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+         [ -e /tmp/fresh.done ] || { echo 'writer did not stop'; exit 1; }; \
+         want=$(cat /tmp/fresh.sum); n=0; bad=0; \
+         for f in /tmp/fresh/f*; do n=$((n+1)); \
+           [ \"$(sha256sum < $f)\" = \"$want\" ] || bad=$((bad+1)); done; \
+         rm -rf /tmp/fresh; echo \"files $n bad $bad\"")?;
+    let nums: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [n, bad] => Ok((*n, *bad)),
+        _ => Err(format!("bad fresh-files output: {out}")),
+    }
+}
+
 const SAMPLER: &str = r#"min=999999999
 while [ ! -e /tmp/sampler.stop ]; do
 	while read k v u; do [ "$k" = MemFree: ] && break; done < /proc/meminfo
