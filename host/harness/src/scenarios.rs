@@ -198,14 +198,16 @@ const SCENARIOS: &[Scenario] = &[
         run: migrate_cancel_unload_hint,
     },
     // Hardened guests: free pages hold the poison pattern or zeroes, which hinted blocks get
-    // again before they go back to the allocator.
+    // again before they go back to the allocator. Our QEMU only: rewriting every hinted block
+    // mid-migration exposes Debian's QEMU's TCG dirty-tracking bug (a destination kernel died
+    // with "stack-protector: Kernel stack is corrupted"), which patches/qemu/0002 fixes.
     Scenario {
         name: "migrate_after_workload_hint_poisoned",
         mem_mib: 1024,
         shared: true,
         hint: true,
         append: "page_poison=1",
-        qemus: BOTH,
+        qemus: OURS,
         kvm_model: false,
         run: migrate_hint_hardened,
     },
@@ -215,7 +217,7 @@ const SCENARIOS: &[Scenario] = &[
         shared: true,
         hint: true,
         append: "init_on_free=1",
-        qemus: BOTH,
+        qemus: OURS,
         kvm_model: false,
         run: migrate_hint_hardened,
     },
