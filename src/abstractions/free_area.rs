@@ -69,10 +69,9 @@ impl HintWalk {
         // SAFETY: `raw` is valid for writes; `page_hinting_walk_init` initialises every field.
         unsafe { bindings::page_hinting_walk_init(raw.as_mut_ptr(), min_order) };
         // SAFETY: Initialised just above (and all-zero is a valid value anyway).
+        let raw = unsafe { raw.assume_init() };
         // INVARIANT: initialised by `page_hinting_walk_init`.
-        Self {
-            raw: unsafe { raw.assume_init() },
-        }
+        Self { raw }
     }
 
     /// Whether every free list has been visited.
