@@ -291,11 +291,12 @@ impl Balloon {
         }
     }
 
-    /// Queues the hint work item (if it is not queued already).
+    /// Queues the hint work item (if it is not queued already), on the freezable workqueue: a
+    /// round never runs while the system suspends.
     fn schedule_hints(self: &Arc<Self>) {
         if !self.stopping.load(Ordering::Acquire) {
             // `Err` means it is queued already.
-            let _ = workqueue::system().enqueue::<_, 1>(self.clone());
+            let _ = workqueue::system_freezable().enqueue::<_, 1>(self.clone());
         }
     }
 

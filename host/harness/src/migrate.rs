@@ -345,6 +345,8 @@ pub struct Case {
     pub hint_lock_mean_ns: Option<u64>,
     /// Host errors our driver counted (a hint buffer the host never took back is one).
     pub host_errors: Option<u64>,
+    /// Most pages our driver had isolated for hints at one moment.
+    pub hint_isolated_max: Option<u64>,
     /// Files the churn process completed.
     pub churn_files: u64,
 }
@@ -404,6 +406,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             rs_counter(g, "hint_lock_max_ns")?,
             rs_counter(g, "hint_lock_ns_total")? / holds.max(1),
             rs_counter(g, "host_errors")?,
+            rs_counter(g, "hint_isolated_max")?,
         ));
     }
     Ok(Case {
@@ -415,6 +418,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
         hint_lock_max_ns: hint.map(|h| h.2),
         hint_lock_mean_ns: hint.map(|h| h.3),
         host_errors: hint.map(|h| h.4),
+        hint_isolated_max: hint.map(|h| h.5),
         churn_files,
     })
 }
