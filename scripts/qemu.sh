@@ -118,7 +118,7 @@ if [ ! -f "$QDIR/.vbrs-done" ]; then
 	cp build/qemu-system-x86_64 "$QDIR/"
 	touch "$QDIR/.vbrs-done"
 	# Keep the binaries of the two newest keys.
-	ls -td "$CACHE"/qemu-????????????????/ 2>/dev/null | tail -n +3 | { grep -vxF "$(readlink -f "$WORK")/" || true; } | xargs -r rm -rf
+	ls -td "$CACHE"/qemu-????????????????/ 2>/dev/null | tail -n +3 | xargs -r rm -rf
 fi
 install -m 0755 "$QDIR/qemu-system-x86_64" "$OUT/qemu-system-x86_64"
 echo "$OUT/qemu-system-x86_64"

@@ -197,7 +197,8 @@ impl HintBlocks {
     /// Fills the scatter-gather table with the blocks held, adjacent ones merged into one
     /// entry, and returns it with its length.
     pub(super) fn build_sg(&mut self) -> Option<(*mut bindings::scatterlist, u32)> {
-        if self.merge() == 0 {
+        // `nranges` is reset whenever the blocks change, so ranges built by `merge` are reused.
+        if self.nranges == 0 && self.merge() == 0 {
             return None;
         }
         let sg = self.sg.as_mut_ptr().cast::<bindings::scatterlist>();
