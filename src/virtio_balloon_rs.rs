@@ -24,22 +24,22 @@ module! {
     author: "virtio-balloon-rs developers",
     description: "Virtio memory balloon driver in Rust",
     license: "GPL",
+    // What `MODULE_DEVICE_TABLE(virtio, ...)` emits for the balloon (device id 5, any vendor):
+    // udev loads the module for the device's modalias.
+    alias: ["virtio:d00000005v*"],
 }
 
 struct VirtioBalloonRs {
-    // Field order is drop order: devices (and their debugfs directories) go before the top-level
-    // directory.
+    // Holds the top-level debugfs directory for every probe; the directory goes when its last
+    // device directory does.
     _driver: Pin<KBox<Registration<BalloonDriver>>>,
-    _debugfs: Dir,
 }
 
 impl kernel::Module for VirtioBalloonRs {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        let debugfs = Dir::new(balloon::DEBUGFS_DIR);
-        let driver = Registration::new(module)?;
+        let debugfs = Dir::new(balloon::DEBUGFS_DIR)?;
         Ok(Self {
-            _driver: driver,
-            _debugfs: debugfs,
+            _driver: Registration::new(module, debugfs)?,
         })
     }
 }

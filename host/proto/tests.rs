@@ -190,3 +190,55 @@ mod hint {
         }
     }
 }
+
+mod stats {
+    use crate::proto::stats::{StatsBuf, ENTRY_BYTES, MEMTOT, NR_TAGS, SWAP_IN};
+    use proptest::prelude::*;
+
+    /// Decodes a little-endian statistics buffer as a device does: whole entries only, a
+    /// trailing partial entry is ignored.
+    fn decode_le(bytes: &[u8]) -> impl Iterator<Item = (u16, u64)> + '_ {
+        bytes.chunks_exact(ENTRY_BYTES).map(|e| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&e[2..]);
+            (u16::from_le_bytes([e[0], e[1]]), u64::from_le_bytes(v))
+        })
+    }
+
+    #[test]
+    fn entries_are_packed_le() {
+        let mut b = StatsBuf::new();
+        assert!(b.push(MEMTOT, 0x0102_0304_0506_0708, true));
+        assert_eq!(b.as_bytes(), &[5, 0, 8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(decode_le(b.as_bytes()).count(), 1);
+    }
+
+    #[test]
+    fn buffer_holds_every_tag_and_no_more() {
+        let mut b = StatsBuf::new();
+        for tag in 0..NR_TAGS as u16 {
+            assert!(b.push(tag, u64::from(tag), true));
+        }
+        assert!(!b.push(SWAP_IN, 1, true));
+        assert_eq!(b.as_bytes().len(), NR_TAGS * ENTRY_BYTES);
+        b.clear();
+        assert!(b.as_bytes().is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_gives_back_what_was_pushed(v in proptest::collection::vec((0u16..16, any::<u64>()), 0..=16)) {
+            let mut b = StatsBuf::new();
+            for &(t, x) in &v {
+                prop_assert!(b.push(t, x, true));
+            }
+            let back: std::vec::Vec<_> = decode_le(b.as_bytes()).collect();
+            prop_assert_eq!(back, v);
+        }
+
+        #[test]
+        fn decode_ignores_a_partial_entry(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            prop_assert_eq!(decode_le(&bytes).count(), bytes.len() / ENTRY_BYTES);
+        }
+    }
+}

@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! debugfs directories of 64-bit counters (read-only) and tunables (writable).
+//!
+//! Safe code can create a top-level [`Dir`] and, below it, [`CounterDir`]s whose files read and
+//! write atomics it shares. It cannot make a file outlive the value it shows (the directory,
+//! removed on drop, holds the values), nor a directory outlive its parent (a [`CounterDir`]
+//! holds a reference to its [`Dir`], which is removed when the last reference goes).
 
 use core::sync::atomic::AtomicU64;
-use kernel::{bindings, str::CStr, sync::Arc};
+use kernel::{bindings, prelude::*, str::CStr, sync::Arc};
 
-/// A top-level debugfs directory, removed (with everything below it) on drop.
+/// A top-level debugfs directory, removed (with everything below it) when the last reference
+/// goes.
 ///
 /// # Invariants
 ///
@@ -22,11 +28,11 @@ unsafe impl Sync for Dir {}
 
 impl Dir {
     /// Creates `name` at the root of debugfs.
-    pub(crate) fn new(name: &CStr) -> Self {
+    pub(crate) fn new(name: &CStr) -> Result<Arc<Self>> {
         // SAFETY: `name` is a valid C string; a null parent means the debugfs root.
         let dentry =
             unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), core::ptr::null_mut()) };
-        Self { dentry }
+        Ok(Arc::new(Self { dentry }, GFP_KERNEL)?)
     }
 }
 
@@ -37,11 +43,6 @@ impl Drop for Dir {
     }
 }
 
-/// Whether `ptr` is an error pointer (`IS_ERR`).
-fn is_err<T>(ptr: *mut T) -> bool {
-    ptr as usize >= (-4095isize) as usize
-}
-
 /// A counter exposed in a [`CounterDir`]: its file name and how to find it in the counters.
 pub(crate) type Counter<C> = (&'static CStr, fn(&C) -> &AtomicU64);
 
@@ -49,11 +50,14 @@ pub(crate) type Counter<C> = (&'static CStr, fn(&C) -> &AtomicU64);
 ///
 /// # Invariants
 ///
-/// `dentry` is what `debugfs_create_dir` returned. Its files point into `counters`, which lives
-/// at least until the directory is removed in `drop`.
+/// `dentry` is what `debugfs_create_dir` returned, below `parent`'s directory, which stays until
+/// this one is removed. Its files point into `counters`, which lives at least until the
+/// directory is removed in `drop`.
 pub(crate) struct CounterDir<C: Send + Sync + 'static> {
     dentry: *mut bindings::dentry,
     counters: Arc<C>,
+    // Dropped after `drop` has removed our directory.
+    _parent: Arc<Dir>,
 }
 
 // SAFETY: The files only read `counters`, which is `Sync`; debugfs calls work from any thread.
@@ -62,30 +66,22 @@ unsafe impl<C: Send + Sync> Send for CounterDir<C> {}
 unsafe impl<C: Send + Sync> Sync for CounterDir<C> {}
 
 impl<C: Send + Sync + 'static> CounterDir<C> {
-    /// Creates `name` below the top-level debugfs directory `parent` (created by a [`Dir`]), with
-    /// one read-only file for each of `fields` and one writable file for each of `tunables`.
+    /// Creates `name` below `parent`, with one read-only file for each of `fields` and one
+    /// writable file for each of `tunables`.
     pub(crate) fn new(
-        parent: &CStr,
+        parent: &Arc<Dir>,
         name: &CStr,
         counters: Arc<C>,
         fields: &[Counter<C>],
         tunables: &[Counter<C>],
     ) -> Self {
-        // SAFETY: `parent` is a valid C string; a null parent means the debugfs root. The result
-        // is a referenced dentry, null or an error pointer.
-        let up = unsafe { bindings::debugfs_lookup(parent.as_char_ptr(), core::ptr::null_mut()) };
-        // SAFETY: `name` is a valid C string and `up` is a directory, null (root) or an error
-        // pointer (which makes this return an error pointer).
-        let dentry = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), up) };
-        if !up.is_null() && !is_err(up) {
-            // SAFETY: `debugfs_lookup` returned a referenced dentry; the new directory holds its
-            // own reference to its parent.
-            unsafe { bindings::dput(up) };
-        }
-        let files = fields
-            .iter()
-            .map(|f| (f, 0o444))
-            .chain(tunables.iter().map(|f| (f, 0o644)));
+        // SAFETY: `name` is a valid C string and `parent.dentry` a directory or an error pointer
+        // (which makes this return an error pointer).
+        let dentry = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), parent.dentry) };
+        let files = Iterator::chain(
+            fields.iter().map(|f| (f, 0o444)),
+            tunables.iter().map(|f| (f, 0o644)),
+        );
         for ((file, get), mode) in files {
             let value: &AtomicU64 = get(&counters);
             // SAFETY: `file` is a valid C string, `dentry` a directory or an error pointer, and
@@ -95,7 +91,11 @@ impl<C: Send + Sync + 'static> CounterDir<C> {
                 bindings::debugfs_create_u64(file.as_char_ptr(), mode, dentry, value.as_ptr())
             };
         }
-        Self { dentry, counters }
+        Self {
+            dentry,
+            counters,
+            _parent: parent.clone(),
+        }
     }
 
     /// The counters behind the files.

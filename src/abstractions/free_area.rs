@@ -15,8 +15,9 @@
 //! them back. It can keep blocks out of the allocator for as long as it holds them; the callers
 //! bound that (see `src/balloon/hint.rs`).
 
+use super::virtio::DeviceWritable;
 use crate::proto::hint::{coalesce, Range, MAX_RANGE_PAGES};
-use core::mem::MaybeUninit;
+use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
     alloc::{
         flags::{__GFP_ZERO, GFP_KERNEL},
@@ -127,9 +128,9 @@ impl HintBlocks {
         self.len == 0
     }
 
-    /// Whether no more blocks fit.
-    pub(crate) fn is_full(&self) -> bool {
-        self.len == MAX_BLOCKS
+    /// Number of blocks held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// Pages of the blocks held.
@@ -138,10 +139,16 @@ impl HintBlocks {
     }
 
     /// Takes the next free blocks of `walk` (one hold of a zone's lock), as long as the blocks
-    /// held stay within `max_pages` pages; returns how many were added. Zero with the walk not
-    /// done means a zone ended or was low: call again. May sleep.
-    pub(crate) fn isolate(&mut self, walk: &mut HintWalk, max_pages: u64) -> usize {
-        let room = MAX_BLOCKS - self.len;
+    /// held stay within `max_blocks` (and [`MAX_BLOCKS`]) and `max_pages` pages; returns how many
+    /// were added. Zero with the walk not done means a zone ended or was low: call again. May
+    /// sleep.
+    pub(crate) fn isolate(
+        &mut self,
+        walk: &mut HintWalk,
+        max_blocks: usize,
+        max_pages: u64,
+    ) -> usize {
+        let room = max_blocks.min(MAX_BLOCKS).saturating_sub(self.len);
         let pages_room = max_pages.saturating_sub(self.pages);
         if room == 0 || pages_room == 0 || walk.is_done() {
             return 0;
@@ -179,7 +186,7 @@ impl HintBlocks {
         self.nranges = 0;
     }
 
-    /// Merges adjacent blocks into ranges (what [`Self::build_sg`] describes); returns how
+    /// Merges adjacent blocks into ranges (what [`DeviceWritable::sg`] describes); returns how
     /// many ranges they make.
     pub(crate) fn merge(&mut self) -> usize {
         for (r, b) in self.ranges.iter_mut().zip(&self.blocks[..self.len]) {
@@ -193,10 +200,15 @@ impl HintBlocks {
         self.nranges = coalesce(&mut self.ranges[..self.len], MAX_RANGE_PAGES);
         self.nranges
     }
+}
 
+// SAFETY: The table lives inside `self`, so it stays in place while `self` does; its `nranges > 0` entries are initialised by `sg_init_table` and `sg_set_page`, and each one
+// describes blocks that `self` owns exclusively (isolated from the allocator: nobody else reads
+// or writes them) until it is dropped or released, which needs `&mut self`.
+unsafe impl DeviceWritable for HintBlocks {
     /// Fills the scatter-gather table with the blocks held, adjacent ones merged into one
     /// entry, and returns it with its length.
-    pub(super) fn build_sg(&mut self) -> Option<(*mut bindings::scatterlist, u32)> {
+    fn sg(&mut self) -> Option<(NonNull<bindings::scatterlist>, u32)> {
         // `nranges` is reset whenever the blocks change, so ranges built by `merge` are reused.
         if self.nranges == 0 && self.merge() == 0 {
             return None;
@@ -213,7 +225,7 @@ impl HintBlocks {
                 bindings::sg_set_page(sg.add(i), bindings::pfn_to_page(r.pfn as _), bytes, 0)
             };
         }
-        Some((sg, self.nranges as u32))
+        Some((NonNull::new(sg)?, self.nranges as u32))
     }
 }
 

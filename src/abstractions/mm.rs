@@ -85,7 +85,7 @@ impl OwnedPage {
 
     /// Adds `delta` pages to the managed page count of the page's zone and of the system
     /// (`adjust_managed_page_count`), as a balloon does when a page enters (-1) or leaves (+1).
-    pub(crate) fn adjust_managed(&self, delta: i64) {
+    fn adjust_managed(&self, delta: i64) {
         // SAFETY: By the type invariant `ptr` is a valid page.
         unsafe { bindings::adjust_managed_page_count(self.ptr.as_ptr(), delta as _) };
     }
@@ -142,15 +142,19 @@ impl Drop for PageBlock {
     }
 }
 
-/// A last-in first-out collection of owned pages, linked through the pages' `private` field, so
-/// it needs no memory of its own however many pages it holds. Pages in it are `PageOffline`,
-/// as balloon pages are expected to be (dump tools skip them).
+/// The pages of a balloon: a last-in first-out collection of owned pages, linked through the
+/// pages' `private` field, so it needs no memory of its own however many pages it holds.
+///
+/// A page in a stack has left the guest's managed memory (`MemTotal` shrinks by it) and is
+/// `PageOffline`, as balloon pages are expected to be (dump tools skip them). [`PageStack::pop`]
+/// and dropping the stack undo both, so whichever way a page leaves (deflated, never accepted by
+/// the host, device gone), the accounting holds.
 ///
 /// # Invariants
 ///
-/// `head` is null or the first of `len` pages, each owned by the stack, marked `PageOffline`,
-/// whose `private` field holds the next page's address (0 for the last one); `tail` is the last
-/// of them (null when the stack is empty).
+/// `head` is null or the first of `len` pages, each owned by the stack, marked `PageOffline` and
+/// subtracted from the managed page count, whose `private` field holds the next page's address
+/// (0 for the last one); `tail` is the last of them (null when the stack is empty).
 pub(crate) struct PageStack {
     head: *mut bindings::page,
     tail: *mut bindings::page,
@@ -180,8 +184,9 @@ impl PageStack {
         self.len == 0
     }
 
-    /// Takes ownership of `page`.
+    /// Takes ownership of `page`, which leaves the guest's managed memory.
     pub(crate) fn push(&mut self, page: OwnedPage) {
+        page.adjust_managed(-1);
         let ptr = page.into_raw().as_ptr();
         // SAFETY: `ptr` is a valid page we own (invariant of `OwnedPage`), with no page type set
         // and an unused `private` field.
@@ -197,7 +202,7 @@ impl PageStack {
         self.len += 1;
     }
 
-    /// Gives back the most recently pushed page.
+    /// Gives back the most recently pushed page, back in the guest's managed memory.
     pub(crate) fn pop(&mut self) -> Option<OwnedPage> {
         let ptr = NonNull::new(self.head)?;
         // SAFETY: By the type invariant `ptr` is an owned offline page whose `private` field
@@ -214,7 +219,9 @@ impl PageStack {
         }
         self.len -= 1;
         // INVARIANT: the page left the stack with `private` cleared and no page type.
-        Some(OwnedPage { ptr })
+        let page = OwnedPage { ptr };
+        page.adjust_managed(1);
+        Some(page)
     }
 }
 
@@ -240,6 +247,83 @@ impl PageStack {
 
 impl Drop for PageStack {
     fn drop(&mut self) {
+        // Each page goes back to the managed count, then to the allocator.
         while self.pop().is_some() {}
+    }
+}
+
+/// The memory statistics a balloon reports to the host, gathered as the C driver's
+/// `update_balloon_stats()` does. Page counts are in pages, events in events.
+pub(crate) struct MemStats {
+    /// Pages swapped in and out.
+    pub(crate) swap_in: u64,
+    pub(crate) swap_out: u64,
+    /// Page faults, major and minor.
+    pub(crate) major_faults: u64,
+    pub(crate) minor_faults: u64,
+    /// OOM killer invocations.
+    pub(crate) oom_kills: u64,
+    /// Allocation stalls, every zone together.
+    pub(crate) alloc_stalls: u64,
+    /// Pages scanned and reclaimed by kswapd (async) and by direct reclaim.
+    pub(crate) scan_async: u64,
+    pub(crate) scan_direct: u64,
+    pub(crate) reclaim_async: u64,
+    pub(crate) reclaim_direct: u64,
+    /// Hugetlb page allocations and failures (`None` without `CONFIG_HUGETLB_PAGE`).
+    pub(crate) hugetlb: Option<(u64, u64)>,
+    /// Free, total and available memory and the page cache, in pages.
+    pub(crate) free: u64,
+    pub(crate) total: u64,
+    pub(crate) available: u64,
+    pub(crate) caches: u64,
+}
+
+/// Gathers [`MemStats`]. May sleep.
+pub(crate) fn mem_stats() -> MemStats {
+    let mut ev = [0usize; bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize];
+    // SAFETY: `ev` has room for every VM event counter, as `all_vm_events` writes them.
+    unsafe { bindings::all_vm_events(ev.as_mut_ptr()) };
+    let e = |item: bindings::vm_event_item| ev.get(item as usize).copied().unwrap_or(0) as u64;
+    let stall_first = bindings::vm_event_item_ALLOCSTALL_NORMAL - bindings::zone_type_ZONE_NORMAL;
+    let alloc_stalls = (0..bindings::MAX_NR_ZONES)
+        .map(|z| e(stall_first + z))
+        .sum();
+    #[cfg(CONFIG_HUGETLB_PAGE)]
+    let hugetlb = Some((
+        e(bindings::vm_event_item_HTLB_BUDDY_PGALLOC),
+        e(bindings::vm_event_item_HTLB_BUDDY_PGALLOC_FAIL),
+    ));
+    #[cfg(not(CONFIG_HUGETLB_PAGE))]
+    let hugetlb = None;
+    let mut info = core::mem::MaybeUninit::<bindings::sysinfo>::zeroed();
+    // SAFETY: `info` is valid for writes; `si_meminfo` fills the memory fields.
+    unsafe { bindings::si_meminfo(info.as_mut_ptr()) };
+    // SAFETY: Zeroed, then filled: every field is initialised.
+    let info = unsafe { info.assume_init() };
+    // SAFETY: `vm_node_stat` is the global array of node counters, valid for the kernel's life;
+    // the element is read atomically (an aligned word), as `global_node_page_state` does.
+    let caches = unsafe {
+        let item = (&raw const bindings::vm_node_stat)
+            .cast::<bindings::atomic_long_t>()
+            .add(bindings::node_stat_item_NR_FILE_PAGES as usize);
+        core::ptr::read_volatile(&raw const (*item).counter)
+    };
+    MemStats {
+        swap_in: e(bindings::vm_event_item_PSWPIN),
+        swap_out: e(bindings::vm_event_item_PSWPOUT),
+        major_faults: e(bindings::vm_event_item_PGMAJFAULT),
+        minor_faults: e(bindings::vm_event_item_PGFAULT),
+        oom_kills: e(bindings::vm_event_item_OOM_KILL),
+        alloc_stalls,
+        scan_async: e(bindings::vm_event_item_PGSCAN_KSWAPD),
+        scan_direct: e(bindings::vm_event_item_PGSCAN_DIRECT),
+        reclaim_async: e(bindings::vm_event_item_PGSTEAL_KSWAPD),
+        reclaim_direct: e(bindings::vm_event_item_PGSTEAL_DIRECT),
+        hugetlb,
+        free: info.freeram as u64,
+        total: info.totalram as u64,
+        available: available_pages(),
+        caches: caches.max(0) as u64,
     }
 }

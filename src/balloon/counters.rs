@@ -66,9 +66,20 @@ pub(crate) struct Counters {
     pub(crate) hint_restarts: AtomicU64,
     /// Zones a walk left early because they were at their low watermark.
     pub(crate) hint_low_zones: AtomicU64,
-    /// Most pages isolated for hints at one moment (bounded by the buffers in flight times the
-    /// pages per buffer: 64 MiB).
+    /// Most pages isolated for hints at one moment (at most `hint_bound`).
     pub(crate) hint_isolated_max: AtomicU64,
+    /// Pages isolated for hints at one moment, at most: the buffers in flight times the pages
+    /// per buffer (an eighth of the guest's memory, 64 to 256 MiB). 0 without hinting.
+    pub(crate) hint_bound: AtomicU64,
+    /// Buffers made after probe (to replace those a suspend took back).
+    pub(crate) buffers_made: AtomicU64,
+    /// Statistics buffers the host used (its requests for fresh statistics).
+    pub(crate) stats_requests: AtomicU64,
+    /// Statistics buffers queued.
+    pub(crate) stats_sent: AtomicU64,
+    /// Suspends (freeze) and resumes (restore) of the device.
+    pub(crate) freezes: AtomicU64,
+    pub(crate) restores: AtomicU64,
     /// Smallest order of the free blocks reported (writable; 0: every free block).
     pub(crate) hint_min_order: AtomicU64,
 }
@@ -105,6 +116,12 @@ impl Counters {
         (c_str!("hint_restarts"), |c| &c.hint_restarts),
         (c_str!("hint_low_zones"), |c| &c.hint_low_zones),
         (c_str!("hint_isolated_max"), |c| &c.hint_isolated_max),
+        (c_str!("hint_bound"), |c| &c.hint_bound),
+        (c_str!("buffers_made"), |c| &c.buffers_made),
+        (c_str!("stats_requests"), |c| &c.stats_requests),
+        (c_str!("stats_sent"), |c| &c.stats_sent),
+        (c_str!("freezes"), |c| &c.freezes),
+        (c_str!("restores"), |c| &c.restores),
     ];
 
     /// The writable files of the debugfs directory (tunables).

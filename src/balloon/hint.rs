@@ -8,34 +8,47 @@
 //! [`crate::abstractions::free_area`]), many blocks per buffer, and closes the round with the
 //! stop id. A block stays isolated, owned by its buffer, until the host has used the buffer, so
 //! the guest cannot write a page while the host acts on a hint that names it (on KVM such a
-//! write can be lost). At most [`HINT_BUFFERS`] buffers of at most [`HINT_BUFFER_PAGES`] pages
-//! are out at once: the guest's free memory never dips by more than 64 MiB, unlike the C
-//! driver, which allocates 4 MiB blocks until none is left. A new id, the stop id, any other
-//! config change, device removal or an unresponsive host end a round early.
+//! write can be lost). At most [`HINT_BUFFERS`] buffers of at most [`buffer_pages`] pages are
+//! out at once: the guest's free memory never dips by more than an eighth of the guest's memory
+//! (64 MiB at least, 256 MiB at most), unlike the C driver, which allocates 4 MiB blocks until
+//! none is left. A new id, the stop id, any other config change, device removal, suspend or an
+//! unresponsive host end a round early.
 
 use super::counters;
-use super::device::{elapsed_ns, Balloon};
+use super::events::Events;
+use super::pool::Pool;
+use super::target::elapsed_ns;
 use crate::abstractions::{
-    free_area::{HintBlocks, HintWalk, MAX_BLOCK_PAGES},
-    virtio::{Buffer, Payload, Virtqueue},
+    free_area::{HintBlocks, HintWalk, MAX_BLOCKS, MAX_BLOCK_PAGES},
+    virtio::{balloon as cfg, Buffer, Payload, Virtqueue},
     wait::ms_to_jiffies,
 };
-use crate::proto::{
-    config,
-    hint::{Action, Rounds, CMD_ID_STOP},
-};
+use crate::proto::hint::{Action, Rounds, CMD_ID_STOP};
 use core::sync::atomic::Ordering;
 use kernel::{
-    alloc::{flags::GFP_KERNEL, KBox, KVec},
+    alloc::{flags::GFP_KERNEL, KBox},
+    new_mutex,
     prelude::*,
+    sync::Mutex,
     time::Ktime,
 };
 
 /// Buffers on the free page queue, at most (also bounded by the ring size).
 pub(crate) const HINT_BUFFERS: usize = 4;
-/// Pages one hint buffer names, at most (16 MiB). With [`HINT_BUFFERS`], at most 64 MiB of free
-/// memory is isolated at any moment.
-pub(crate) const HINT_BUFFER_PAGES: u64 = 4096;
+/// Pages one hint buffer names at most, whatever the guest's size: 16 MiB and 64 MiB.
+const BUFFER_PAGES_MIN: u64 = 4096;
+const BUFFER_PAGES_MAX: u64 = 16384;
+
+/// Pages one hint buffer names at most in a guest of `total` pages: with [`HINT_BUFFERS`]
+/// buffers, an eighth of the guest's memory is isolated at any moment, at most (64 MiB at
+/// least, 256 MiB at most). Fewer, smaller buffers make the round slower than the migration's
+/// first pass over memory: QEMU applies each hint under the lock its migration thread holds for
+/// up to 50 ms at a time, and long scatter-gather entries get more done per turn
+/// (docs/free-page-hinting.md).
+pub(crate) fn buffer_pages(total: u64) -> u64 {
+    (total / (8 * HINT_BUFFERS as u64)).clamp(BUFFER_PAGES_MIN, BUFFER_PAGES_MAX)
+}
+
 /// How long the host may take to use a hint buffer before the round is given up.
 const HINT_HOST_TIMEOUT_MS: u32 = 5_000;
 
@@ -51,52 +64,90 @@ impl Buffer for HintBuf {
         if self.is_cmd {
             Payload::Out(&self.cmd)
         } else {
-            Payload::FreePages(&mut self.blocks)
+            Payload::In(&mut *self.blocks)
         }
     }
 }
 
-/// The free page queue and what goes with it, under the device's hint mutex.
-pub(crate) struct HintState {
-    vq: Virtqueue<HintBuf>,
-    /// Buffers not on the queue (`None`: that one is on the queue).
-    spare: KVec<Option<KBox<HintBuf>>>,
-    rounds: Rounds,
-    /// Pages isolated in buffers on the queue.
-    isolated: u64,
-}
-
-impl HintState {
-    /// Sets up hinting on the free page queue.
-    pub(crate) fn new(vq: Virtqueue<HintBuf>) -> Result<Self> {
-        let n = HINT_BUFFERS.min(vq.ring_size() as usize).max(2);
-        let mut spare = KVec::with_capacity(n, GFP_KERNEL)?;
-        for _ in 0..n {
-            let buf = HintBuf {
+impl HintBuf {
+    fn new_boxed() -> Result<KBox<Self>> {
+        Ok(KBox::new(
+            Self {
                 cmd: [0; 4],
                 is_cmd: false,
                 blocks: HintBlocks::new_boxed()?,
-            };
-            spare.push(Some(KBox::new(buf, GFP_KERNEL)?), GFP_KERNEL)?;
-        }
-        Ok(Self {
-            vq,
-            spare,
-            rounds: Rounds::new(),
-            isolated: 0,
-        })
+            },
+            GFP_KERNEL,
+        )?)
     }
+}
 
-    fn take(&mut self) -> Option<KBox<HintBuf>> {
-        self.spare.iter_mut().find_map(Option::take)
+/// The free page queue and what goes with it, under the part's mutex.
+struct HintState {
+    vq: Virtqueue<HintBuf>,
+    /// Buffers not on the queue.
+    pool: Pool<HintBuf>,
+    rounds: Rounds,
+    /// Pages isolated in buffers on the queue.
+    isolated: u64,
+    /// Pages one buffer names at most ([`buffer_pages`]).
+    buffer_pages: u64,
+    /// Blocks one buffer holds at most: each takes a ring descriptor (no indirect descriptors).
+    max_blocks: usize,
+}
+
+impl HintState {
+    /// Pages isolated at any moment, at most: every buffer in flight, each full.
+    fn bound_pages(&self) -> u64 {
+        self.pool.size() as u64 * self.buffer_pages
     }
 
     /// Takes a buffer back: its blocks go back to the allocator.
     fn put(&mut self, mut buf: KBox<HintBuf>) {
         buf.blocks.release();
-        if let Some(slot) = self.spare.iter_mut().find(|slot| slot.is_none()) {
-            *slot = Some(buf);
-        }
+        buf.is_cmd = false;
+        self.pool.put(buf);
+    }
+}
+
+/// The part of a balloon that answers the host's free page hinting rounds.
+#[pin_data]
+pub(crate) struct HintPart {
+    #[pin]
+    state: Mutex<HintState>,
+}
+
+impl HintPart {
+    /// Sets up hinting on the free page queue, for a guest of `total_pages`.
+    pub(crate) fn new(vq: Virtqueue<HintBuf>, total_pages: u64) -> Result<impl PinInit<Self>> {
+        let ring = vq.ring_size() as usize;
+        // Every buffer fits the ring even when all its blocks are apart (one descriptor each).
+        let n = HINT_BUFFERS.min(ring / MAX_BLOCKS).max(2);
+        let max_blocks = MAX_BLOCKS.min(ring / n).max(1);
+        let pool = Pool::new(n, HintBuf::new_boxed)?;
+        Ok(pin_init!(Self {
+            state <- new_mutex!(HintState {
+                vq,
+                pool,
+                rounds: Rounds::new(),
+                isolated: 0,
+                buffer_pages: buffer_pages(total_pages),
+                max_blocks,
+            }),
+        }))
+    }
+
+    /// Pages isolated at any moment, at most.
+    pub(crate) fn bound_pages(&self) -> u64 {
+        self.state.lock().bound_pages()
+    }
+
+    /// The system suspends: the round in progress is over (its buffers are about to be taken
+    /// back and their blocks returned); the next command id starts afresh.
+    pub(crate) fn freeze(&self) {
+        let mut st = self.state.lock();
+        st.rounds = Rounds::new();
+        st.isolated = 0;
     }
 }
 
@@ -111,104 +162,82 @@ enum RoundEnd {
     HostTrouble,
 }
 
-impl Balloon {
+impl HintPart {
     /// The hint work item: follows the host's command id.
-    pub(crate) fn follow_hints(&self) {
-        let mut guard = self.hint.lock();
-        let Some(st) = guard.as_mut() else {
-            return;
-        };
+    pub(crate) fn follow(&self, ev: &Events) {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         loop {
-            if self.stopping.load(Ordering::Acquire) {
+            if ev.stopping() {
                 return;
             }
-            self.reclaim_hints(st);
-            let raw = self.dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID);
+            self.reclaim(ev, st);
+            let Some(raw) = read_cmd_id(ev) else {
+                return;
+            };
             match st.rounds.on_command(raw) {
                 Action::Nothing | Action::End => return,
                 Action::Done => {
                     // The host no longer needs hints; the driver holds no memory for them.
-                    counters::add(&self.counters().hint_done, 1);
+                    counters::add(&ev.counters().hint_done, 1);
                     return;
                 }
-                Action::Start(id) => self.hint_round(st, id),
+                Action::Start(id) => self.round(ev, st, id),
             }
         }
     }
 
     /// Takes back the buffers the host has used: the host is done with their blocks, which go
     /// back to the allocator.
-    fn reclaim_hints(&self, st: &mut HintState) {
+    fn reclaim(&self, ev: &Events, st: &mut HintState) {
         while let Some((buf, len)) = st.vq.get_used() {
-            self.hint_used(st, buf, len);
-        }
-    }
-
-    /// A hint buffer came back from the host.
-    fn hint_used(&self, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
-        self.check_hint_used(len);
-        st.isolated = st.isolated.saturating_sub(buf.blocks.pages());
-        st.put(buf);
-    }
-
-    /// Checks the length the host reports for a used hint buffer: hints are never written, and
-    /// QEMU reports 1 byte for every element, so anything above 1 is a host error.
-    fn check_hint_used(&self, len: u32) {
-        if len > 1 && self.host_error() {
-            pr_warn!(
-                "virtio{}: host reports {} bytes written to a free page hint; ignored\n",
-                self.index,
-                len
-            );
+            used(ev, st, buf, len);
         }
     }
 
     /// A spare buffer, waiting for the host to use one if all are queued. With `round`, the wait
     /// also ends when the host moves on from that round (the command id changed).
-    fn hint_buffer(
+    fn buffer(
         &self,
+        ev: &Events,
         st: &mut HintState,
         round: Option<u32>,
     ) -> core::result::Result<KBox<HintBuf>, RoundEnd> {
         loop {
-            self.reclaim_hints(st);
-            if let Some(buf) = st.take() {
+            self.reclaim(ev, st);
+            if let Some(buf) = st.pool.take(&st.vq, &ev.counters().buffers_made) {
                 return Ok(buf);
             }
             // Buffers queued just before a live migration sit on the destination's ring unseen:
             // the source had stopped polling with notifications off. Tell the device to look.
             st.vq.notify();
             let start = Ktime::ktime_get();
-            let seq = self.config_seq.load(Ordering::Acquire);
-            let mut used = None;
-            self.host_wq
+            let seq = ev.config_seq();
+            let mut got = None;
+            ev.host_wq
                 .wait_timeout(ms_to_jiffies(HINT_HOST_TIMEOUT_MS), || {
-                    used = st.vq.get_used();
-                    used.is_some()
-                        || self.stopping.load(Ordering::Acquire)
-                        || self.config_seq.load(Ordering::Acquire) != seq
+                    got = st.vq.get_used();
+                    got.is_some() || ev.stopping() || ev.config_seq() != seq
                 });
-            counters::add(&self.counters().host_wait_ns, elapsed_ns(start));
-            if let Some((buf, len)) = used {
-                self.hint_used(st, buf, len);
+            counters::add(&ev.counters().host_wait_ns, elapsed_ns(start));
+            if let Some((buf, len)) = got {
+                used(ev, st, buf, len);
                 continue;
             }
-            if self.stopping.load(Ordering::Acquire) {
+            if ev.stopping() {
                 return Err(RoundEnd::Interrupted);
             }
-            if self.config_seq.load(Ordering::Acquire) != seq {
+            if ev.config_seq() != seq {
                 // Read outside the wait: config reads may sleep.
                 match round {
-                    Some(id) if self.dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID) != id => {
-                        return Err(RoundEnd::Interrupted)
-                    }
+                    Some(id) if read_cmd_id(ev) != Some(id) => return Err(RoundEnd::Interrupted),
                     _ => continue,
                 }
             }
-            if self.host_error() {
+            if ev.host_error() {
                 pr_warn!(
                     "virtio{}: host did not use free page hints for {} ms; ending the round\n",
-                    self.index,
+                    ev.index,
                     HINT_HOST_TIMEOUT_MS
                 );
             }
@@ -217,8 +246,8 @@ impl Balloon {
     }
 
     /// Sends a command id: the round's id (`round` is `Some(id)`), or the stop id.
-    fn send_cmd(&self, st: &mut HintState, id: u32, round: Option<u32>) -> RoundEnd {
-        let mut buf = match self.hint_buffer(st, round) {
+    fn send_cmd(&self, ev: &Events, st: &mut HintState, id: u32, round: Option<u32>) -> RoundEnd {
+        let mut buf = match self.buffer(ev, st, round) {
             Ok(buf) => buf,
             Err(end) => return end,
         };
@@ -229,8 +258,7 @@ impl Balloon {
                 st.vq.kick();
                 RoundEnd::Complete
             }
-            Err((_, mut buf)) => {
-                buf.is_cmd = false;
+            Err((_, buf)) => {
                 st.put(buf);
                 RoundEnd::HostTrouble
             }
@@ -238,10 +266,10 @@ impl Balloon {
     }
 
     /// One round: the id, the free ranges, the stop id.
-    fn hint_round(&self, st: &mut HintState, id: u32) {
-        let c = self.counters();
+    fn round(&self, ev: &Events, st: &mut HintState, id: u32) {
+        let c = ev.counters();
         let start = Ktime::ktime_get();
-        let seq = self.config_seq.load(Ordering::Acquire);
+        let seq = ev.config_seq();
         counters::add(&c.hint_rounds, 1);
         let min_order = c
             .hint_min_order
@@ -249,14 +277,11 @@ impl Balloon {
             .min(u64::from(u32::MAX)) as u32;
         let mut walk = HintWalk::new(min_order);
         // Asked between two holds of a zone lock: has the round been overtaken?
-        let interrupted = || {
-            self.stopping.load(Ordering::Acquire)
-                || (self.config_seq.load(Ordering::Acquire) != seq
-                    && self.dev.read_config_le32(config::FREE_PAGE_HINT_CMD_ID) != id)
-        };
-        let mut end = self.send_cmd(st, id, Some(id));
+        let interrupted =
+            || ev.stopping() || (ev.config_seq() != seq && read_cmd_id(ev) != Some(id));
+        let mut end = self.send_cmd(ev, st, id, Some(id));
         while end == RoundEnd::Complete && !walk.is_done() {
-            let mut buf = match self.hint_buffer(st, Some(id)) {
+            let mut buf = match self.buffer(ev, st, Some(id)) {
                 Ok(buf) => buf,
                 Err(e) => {
                     end = e;
@@ -264,7 +289,8 @@ impl Balloon {
                 }
             };
             buf.is_cmd = false;
-            fill(&mut buf.blocks, &mut walk, interrupted);
+            let limits = (st.buffer_pages, st.max_blocks);
+            fill(&mut buf.blocks, &mut walk, limits, interrupted);
             if buf.blocks.is_empty() {
                 st.put(buf);
                 if !walk.is_done() {
@@ -293,8 +319,8 @@ impl Balloon {
             }
         }
         // Close the round whichever way it ended (a host that moved on ignores it).
-        if !self.stopping.load(Ordering::Acquire) {
-            self.send_cmd(st, CMD_ID_STOP, None);
+        if !ev.stopping() {
+            self.send_cmd(ev, st, CMD_ID_STOP, None);
         }
         st.rounds.finish();
         let stats = walk.stats();
@@ -314,18 +340,44 @@ impl Balloon {
     }
 }
 
-/// Fills `blocks` from `walk` until it holds [`HINT_BUFFER_PAGES`] (no more block of the
-/// largest order fits), its slots are full, the walk is over or `interrupted` says so (asked
-/// between two holds of a zone lock, never while one is held).
-fn fill(blocks: &mut HintBlocks, walk: &mut HintWalk, interrupted: impl Fn() -> bool) {
+/// The host's command id; `None` once the device is gone.
+fn read_cmd_id(ev: &Events) -> Option<u32> {
+    ev.with_dev(|d| d.read(&cfg::FREE_PAGE_HINT_CMD_ID))
+        .flatten()
+}
+
+/// A hint buffer came back from the host: its blocks go back to the allocator.
+fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
+    // Hints are never written, and QEMU reports 1 byte for every element, so anything above 1
+    // is a host error.
+    if len > 1 && ev.host_error() {
+        pr_warn!(
+            "virtio{}: host reports {} bytes written to a free page hint; ignored\n",
+            ev.index,
+            len
+        );
+    }
+    st.isolated = st.isolated.saturating_sub(buf.blocks.pages());
+    st.put(buf);
+}
+
+/// Fills `blocks` from `walk` until it holds `max_pages` (no more block of the largest order
+/// fits) or `max_blocks`, the walk is over or `interrupted` says so (asked between two holds of
+/// a zone lock, never while one is held).
+fn fill(
+    blocks: &mut HintBlocks,
+    walk: &mut HintWalk,
+    (max_pages, max_blocks): (u64, usize),
+    interrupted: impl Fn() -> bool,
+) {
     while !walk.is_done()
-        && !blocks.is_full()
-        && HINT_BUFFER_PAGES - blocks.pages() >= MAX_BLOCK_PAGES
+        && blocks.len() < max_blocks
+        && max_pages.saturating_sub(blocks.pages()) >= MAX_BLOCK_PAGES
         && !interrupted()
     {
         // Nothing taken: the zone ended or was at its low watermark (the walk moved on), or
         // the next block does not fit (send what is held).
-        if blocks.isolate(walk, HINT_BUFFER_PAGES) == 0 && !blocks.is_empty() {
+        if blocks.isolate(walk, max_blocks, max_pages) == 0 && !blocks.is_empty() {
             break;
         }
     }

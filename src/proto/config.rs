@@ -1,11 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Layout of `struct virtio_balloon_config` and the checks applied to what the host writes there.
-
-/// Offset of `num_pages` (le32): the number of 4 KiB pages the host wants in the balloon.
-pub(crate) const NUM_PAGES: usize = 0;
-/// Offset of `actual` (le32): the number of 4 KiB pages the balloon holds, written by the guest.
-pub(crate) const ACTUAL: usize = 4;
+//! The checks applied to what the host writes in the balloon's config space (the layout itself
+//! comes from the C header, in `abstractions::virtio::balloon`).
 
 /// Outcome of checking the host's `num_pages` against what the guest can give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +64,3 @@ impl Step {
         }
     }
 }
-
-/// Offset of `free_page_hint_cmd_id` (le32): the host's free page hinting command id.
-pub(crate) const FREE_PAGE_HINT_CMD_ID: usize = 8;

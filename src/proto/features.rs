@@ -11,6 +11,13 @@ pub(crate) const STATS_VQ: u32 = 1;
 /// The device asks for hints of free guest memory during migration (free page queue).
 pub(crate) const FREE_PAGE_HINT: u32 = 3;
 
+/// Transport feature: indirect descriptors. Not negotiated: with them, queueing a buffer of several
+/// entries allocates a descriptor table.
+pub(crate) const RING_INDIRECT_DESC: u32 = 28;
+
+/// Transport feature: the device follows virtio 1.0 (little-endian statistics).
+pub(crate) const VERSION_1: u32 = 32;
+
 /// Transport feature: the device uses the platform DMA API (never negotiated by a balloon, which
 /// reports guest-physical frame numbers).
 pub(crate) const ACCESS_PLATFORM: u32 = 33;

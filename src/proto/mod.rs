@@ -10,3 +10,4 @@ pub(crate) mod config;
 pub(crate) mod features;
 pub(crate) mod hint;
 pub(crate) mod pfn;
+pub(crate) mod stats;

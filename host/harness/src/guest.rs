@@ -68,6 +68,45 @@ impl Qemu {
     }
 }
 
+/// How the guest reaches its virtio devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// virtio-pci on a q35 machine (what most hosts use).
+    Pci,
+    /// virtio-mmio on QEMU's `microvm` machine (the transport of Firecracker and Cloud
+    /// Hypervisor), devices found through the kernel command line.
+    Mmio,
+}
+
+impl Transport {
+    /// How scenario names show it (empty for virtio-pci).
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Pci => "",
+            Transport::Mmio => ", mmio",
+        }
+    }
+}
+
+/// Polls `f` every `every` until it returns `Some`, or fails with `what` after `timeout`.
+pub fn poll_until<T>(
+    timeout: Duration,
+    every: Duration,
+    what: impl Fn() -> String,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("{} (after {timeout:?})", what()));
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// How to start a guest.
 #[derive(Clone)]
 pub struct Config {
@@ -76,7 +115,7 @@ pub struct Config {
     pub cpus: u32,
     /// Kernel flavour: "debug" (tests) or "bench".
     pub flavour: &'static str,
-    /// Extra properties of the virtio-balloon-pci device, e.g. ",deflate-on-oom=on".
+    /// Extra properties of the balloon device, e.g. ",deflate-on-oom=on".
     pub balloon_props: String,
     /// Extra kernel command line.
     pub append: String,
@@ -84,6 +123,8 @@ pub struct Config {
     pub free_page_hint: bool,
     /// Which QEMU runs the guest.
     pub qemu: Qemu,
+    /// virtio-pci or virtio-mmio.
+    pub transport: Transport,
     /// Extra QEMU arguments (e.g. `-global` test-only properties of our QEMU).
     pub qemu_args: Vec<String>,
 }
@@ -99,6 +140,7 @@ impl Config {
             append: String::new(),
             free_page_hint: false,
             qemu: Qemu::Debian,
+            transport: Transport::Pci,
             qemu_args: Vec::new(),
         }
     }
@@ -288,10 +330,16 @@ impl Guest {
             "-display",
             "none",
             "-no-reboot",
-        ])
-        .args([
+        ]);
+        let (machine, dev) = match cfg.transport {
+            Transport::Pci => ("q35", "pci"),
+            // No ACPI: the kernel finds the virtio-mmio devices on its command line, which QEMU
+            // writes (auto-kernel-cmdline).
+            Transport::Mmio => ("microvm,acpi=off,rtc=on", "device"),
+        };
+        qemu.args([
             "-machine",
-            "q35",
+            machine,
             "-accel",
             accel,
             "-cpu",
@@ -315,7 +363,7 @@ impl Guest {
         .args([
             "-device",
             &format!(
-                "virtio-balloon-pci,id=balloon0{}{}",
+                "virtio-balloon-{dev},id=balloon0{}{}",
                 if cfg.free_page_hint {
                     ",free-page-hint=on,iothread=io0"
                 } else {
@@ -324,7 +372,7 @@ impl Guest {
                 cfg.balloon_props
             ),
         ])
-        .args(["-device", "virtio-serial-pci,id=vser0"])
+        .args(["-device", &format!("virtio-serial-{dev},id=vser0")])
         .arg("-chardev")
         .arg(format!(
             "socket,id=cmd,path={},server=on,wait=off",

@@ -347,6 +347,10 @@ pub struct Case {
     pub host_errors: Option<u64>,
     /// Most pages our driver had isolated for hints at one moment.
     pub hint_isolated_max: Option<u64>,
+    /// The bound our driver states for that, in pages (its `hint_bound`).
+    pub hint_bound: Option<u64>,
+    /// The guest's memory as the kernel counts it (`MemTotal`), in KiB.
+    pub mem_total_kib: u64,
     /// Files the churn process completed.
     pub churn_files: u64,
 }
@@ -407,6 +411,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             rs_counter(g, "hint_lock_ns_total")? / holds.max(1),
             rs_counter(g, "host_errors")?,
             rs_counter(g, "hint_isolated_max")?,
+            rs_counter(g, "hint_bound")?,
         ));
     }
     Ok(Case {
@@ -419,6 +424,8 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
         hint_lock_mean_ns: hint.map(|h| h.3),
         host_errors: hint.map(|h| h.4),
         hint_isolated_max: hint.map(|h| h.5),
+        hint_bound: hint.map(|h| h.6),
+        mem_total_kib: g.meminfo("MemTotal")?,
         churn_files,
     })
 }

@@ -1,0 +1,490 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Following the host's target: the inflate and deflate queues, their batches of frame numbers,
+//! and the pages in the balloon.
+//!
+//! The host writes a target (`num_pages`) into the config space; the work item inflates
+//! (allocates pages and reports their frame numbers on the inflate queue) or deflates (reports
+//! frame numbers on the deflate queue, waits for the host, then frees the pages) until the
+//! balloon holds the target, and reports its size in `actual`. Frame numbers travel 256 to a
+//! descriptor, with many descriptors in flight per notification. Each run of the work item moves
+//! one chunk and queues the work again, so a suspend (which freezes the workqueue) never waits
+//! for a whole target.
+
+use super::counters;
+use super::events::{Events, WAKE_TARGET};
+use super::pool::Pool;
+use crate::abstractions::{
+    mm::{available_pages, totalram_pages, OwnedPage, PageBlock, PageStack},
+    virtio::{balloon as cfg, Buffer, Payload, Virtqueue},
+    wait::ms_to_jiffies,
+};
+use crate::proto::{
+    config::{Step, Target},
+    pfn::{PfnArray, PushError, PFNS_PER_DESC, PFN_SHIFT},
+};
+use kernel::{
+    alloc::{flags::GFP_KERNEL, KBox},
+    new_mutex,
+    prelude::*,
+    sync::Mutex,
+    time::Ktime,
+};
+
+/// Descriptors kept in flight on a queue, at most (also bounded by the ring size).
+const MAX_IN_FLIGHT: usize = 32;
+/// Pages moved per run of the work item, between two looks at the target and two updates of
+/// `actual` (32 MiB).
+const CHUNK_PAGES: u32 = 8192;
+/// Order of the blocks the balloon allocates while whole free blocks are left (2 MiB: the host
+/// can free a whole huge page behind them).
+const BLOCK_ORDER: u32 = 9;
+/// The balloon leaves the guest at least 1/256 of its memory available, and at least 8 MiB: an
+/// over-large target must not drive the guest into the OOM killer (with nothing left to kill,
+/// that is a panic).
+const FLOOR_DIVISOR: u64 = 256;
+const FLOOR_MIN_PAGES: u64 = 2048;
+/// First and longest pause after an allocation failure, in milliseconds.
+const BACKOFF_MIN_MS: u32 = 200;
+const BACKOFF_MAX_MS: u32 = 5000;
+/// How long the host may take to use a buffer before the driver gives up on it.
+const HOST_TIMEOUT_MS: u32 = 10_000;
+
+// The driver only handles 4 KiB pages, the balloon's unit.
+const _: () = assert!(kernel::page::PAGE_SIZE == 1 << PFN_SHIFT);
+
+/// One descriptor's worth of pages and their frame numbers on the wire. Its pages are out of
+/// the guest's memory while it holds them; dropping it gives them back.
+pub(crate) struct Batch {
+    pfns: PfnArray,
+    pages: PageStack,
+}
+
+impl Buffer for Batch {
+    fn payload(&mut self) -> Payload<'_> {
+        Payload::Out(self.pfns.as_bytes())
+    }
+}
+
+impl Batch {
+    fn new_boxed() -> Result<KBox<Self>> {
+        Ok(KBox::new(
+            Self {
+                pfns: PfnArray::new(),
+                pages: PageStack::new(),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    /// Gives the batch's pages back to the guest, if any (deflated, host gone, ring full).
+    fn release(&mut self) {
+        while let Some(page) = self.pages.pop() {
+            drop(page);
+        }
+        self.pfns.clear();
+    }
+}
+
+/// What the work item owns, under the target's mutex.
+pub(crate) struct TargetState {
+    inflate_vq: Virtqueue<Batch>,
+    deflate_vq: Virtqueue<Batch>,
+    /// Batches not in flight.
+    pool: Pool<Batch>,
+    /// The pages in the balloon.
+    pages: PageStack,
+    backoff_ms: u32,
+    /// What has been logged since the target was last reached, so each problem logs once.
+    warned_clamp: bool,
+    warned_oom: bool,
+}
+
+/// Why a pass over the queues ended before moving every page asked for.
+#[derive(PartialEq, Eq)]
+enum Stop {
+    /// Everything asked for was moved.
+    Done,
+    /// No page could be allocated, or nothing is left to give back.
+    NoPages,
+    /// The host did not use buffers in time.
+    HostTimeout,
+    /// The device is going away.
+    Stopping,
+}
+
+/// What a run of the work item asks for next.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Next {
+    /// The balloon holds the target.
+    Idle,
+    /// Run again (another chunk, or a retry after a pause).
+    Again,
+}
+
+/// The part of a balloon that follows the host's target.
+#[pin_data]
+pub(crate) struct TargetPart {
+    #[pin]
+    state: Mutex<TargetState>,
+    /// Pages the guest has with the balloon empty: no target can be larger.
+    guest_pages: u64,
+    /// The balloon stops growing when the guest's available memory falls to this many pages.
+    floor_pages: u64,
+}
+
+impl TargetPart {
+    /// Sets up the inflate and deflate queues.
+    pub(crate) fn new(
+        inflate_vq: Virtqueue<Batch>,
+        deflate_vq: Virtqueue<Batch>,
+    ) -> Result<impl PinInit<Self>> {
+        let batches = MAX_IN_FLIGHT
+            .min(inflate_vq.ring_size() as usize)
+            .min(deflate_vq.ring_size() as usize)
+            .max(1);
+        let pool = Pool::new(batches, Batch::new_boxed)?;
+        let guest_pages = totalram_pages();
+        let floor_pages = (guest_pages / FLOOR_DIVISOR).max(FLOOR_MIN_PAGES);
+        Ok(pin_init!(Self {
+            state <- new_mutex!(TargetState {
+                inflate_vq,
+                deflate_vq,
+                pool,
+                pages: PageStack::new(),
+                backoff_ms: BACKOFF_MIN_MS,
+                warned_clamp: false,
+                warned_oom: false,
+            }),
+            guest_pages,
+            floor_pages,
+        }))
+    }
+
+    /// Batches in flight at most.
+    pub(crate) fn batches(&self) -> usize {
+        self.state.lock().pool.size()
+    }
+
+    /// One run of the work item: moves a chunk towards the target.
+    pub(crate) fn follow(&self, ev: &Events) -> Next {
+        ev.wake_done(WAKE_TARGET);
+        let mut st = self.state.lock();
+        if ev.stopping() {
+            return Next::Idle;
+        }
+        let seq = ev.config_seq();
+        let target = self.target(ev, &mut st);
+        let current = st.pages.len() as u32;
+        let stop = match Step::towards(target, current, CHUNK_PAGES) {
+            Step::Idle => {
+                st.warned_clamp = false;
+                st.warned_oom = false;
+                st.backoff_ms = BACKOFF_MIN_MS;
+                return Next::Idle;
+            }
+            Step::Inflate(n) => self.inflate(ev, &mut st, n),
+            Step::Deflate(n) => self.deflate(ev, &mut st, n, false),
+        };
+        self.report(ev, &st);
+        match stop {
+            Stop::Done => st.backoff_ms = BACKOFF_MIN_MS,
+            Stop::Stopping => return Next::Idle,
+            Stop::NoPages | Stop::HostTimeout => {
+                if stop == Stop::NoPages && !st.warned_oom {
+                    pr_info!(
+                        "virtio{}: guest memory low at {} of {} pages; retrying with back-off\n",
+                        ev.index,
+                        st.pages.len(),
+                        target
+                    );
+                    st.warned_oom = true;
+                }
+                // Wait without spinning; a new target or shutdown ends the pause early.
+                ev.event_wq.wait_timeout(ms_to_jiffies(st.backoff_ms), || {
+                    ev.stopping() || ev.config_seq() != seq
+                });
+                st.backoff_ms = (st.backoff_ms * 2).min(BACKOFF_MAX_MS);
+            }
+        }
+        Next::Again
+    }
+
+    /// Gives every page back, telling the host first (device removal).
+    pub(crate) fn drain(&self, ev: &Events) {
+        let mut st = self.state.lock();
+        while !st.pages.is_empty() {
+            let want = st.pages.len().min(u32::MAX as usize) as u32;
+            let before = st.pages.len();
+            self.deflate(ev, &mut st, want, true);
+            self.report(ev, &st);
+            if st.pages.len() == before {
+                break;
+            }
+        }
+        let left = st.pages.len();
+        if left > 0 {
+            pr_warn!(
+                "virtio{}: host did not take back {} pages; freeing them anyway\n",
+                ev.index,
+                left
+            );
+            while let Some(page) = st.pages.pop() {
+                drop(page);
+            }
+            self.report(ev, &st);
+        }
+    }
+
+    /// Tells the host how many pages the balloon holds (after resume, the device was reset).
+    pub(crate) fn resume(&self, ev: &Events) {
+        let st = self.state.lock();
+        self.report(ev, &st);
+    }
+
+    /// Reads and checks the host's target (the current size when the device is gone).
+    fn target(&self, ev: &Events, st: &mut TargetState) -> u32 {
+        let Some(raw) = ev.with_dev(|d| d.read(&cfg::NUM_PAGES)).flatten() else {
+            return st.pages.len() as u32;
+        };
+        let target = Target::check(raw, self.guest_pages);
+        if let Target::Clamped { asked, limit } = target {
+            if !st.warned_clamp {
+                counters::add(&ev.counters().host_errors, 1);
+                pr_warn!(
+                    "virtio{}: host asks for {} pages but the guest has {}; inflating what it can\n",
+                    ev.index,
+                    asked,
+                    limit
+                );
+                st.warned_clamp = true;
+            }
+        }
+        counters::set(&ev.counters().target, u64::from(raw));
+        target.pages()
+    }
+
+    /// Tells the host how many pages the balloon holds.
+    fn report(&self, ev: &Events, st: &TargetState) {
+        let pages = st.pages.len() as u64;
+        counters::set(&ev.counters().pages, pages);
+        let actual = pages.min(u64::from(u32::MAX)) as u32;
+        ev.with_dev(|d| d.write(&cfg::ACTUAL, actual));
+    }
+
+    /// Waits for the host to use a buffer of `vq` and returns it.
+    fn wait_used(&self, ev: &Events, vq: &mut Virtqueue<Batch>) -> Option<KBox<Batch>> {
+        let start = Ktime::ktime_get();
+        let mut used = None;
+        ev.host_wq.wait_timeout(ms_to_jiffies(HOST_TIMEOUT_MS), || {
+            used = vq.get_used();
+            used.is_some()
+        });
+        counters::add(&ev.counters().host_wait_ns, elapsed_ns(start));
+        match used {
+            Some(used) => Some(check_used(ev, used)),
+            None => {
+                if ev.host_error() {
+                    pr_err!(
+                        "virtio{}: host has not used {} buffers in {} ms; giving up on them\n",
+                        ev.index,
+                        vq.in_flight(),
+                        HOST_TIMEOUT_MS
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The next page for the balloon: from a whole block while at least a block's worth is
+    /// wanted and free blocks are left, otherwise on its own.
+    fn alloc_page(
+        &self,
+        ev: &Events,
+        block: &mut Option<PageBlock>,
+        try_blocks: &mut bool,
+        left: u32,
+    ) -> Option<OwnedPage> {
+        if let Some(page) = block.as_mut().and_then(Iterator::next) {
+            return Some(page);
+        }
+        *block = None;
+        if *try_blocks && left >= 1 << BLOCK_ORDER {
+            *block = OwnedPage::alloc_block_for_balloon(BLOCK_ORDER);
+            if let Some(page) = block.as_mut().and_then(Iterator::next) {
+                counters::add(&ev.counters().blocks, 1);
+                return Some(page);
+            }
+            *try_blocks = false;
+        }
+        OwnedPage::alloc_for_balloon()
+    }
+
+    /// Takes up to `want` pages into the balloon.
+    fn inflate(&self, ev: &Events, st: &mut TargetState, want: u32) -> Stop {
+        let c = ev.counters();
+        let mut queued = 0u32;
+        let mut stop = Stop::Done;
+        // Pages of a block not handed out yet are freed when this returns.
+        let mut block = None;
+        let mut try_blocks = true;
+        loop {
+            let mut added = false;
+            while queued < want && stop == Stop::Done {
+                if ev.stopping() {
+                    stop = Stop::Stopping;
+                    break;
+                }
+                if available_pages() < self.floor_pages + PFNS_PER_DESC as u64 {
+                    // Whatever the host asks, never push the guest into the OOM killer.
+                    counters::add(&c.floor_stops, 1);
+                    stop = Stop::NoPages;
+                    break;
+                }
+                let Some(mut batch) = st.pool.take(&st.inflate_vq, &c.buffers_made) else {
+                    break;
+                };
+                let start = Ktime::ktime_get();
+                while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {
+                    let left = want - queued - batch.pfns.len() as u32;
+                    let Some(page) = self.alloc_page(ev, &mut block, &mut try_blocks, left) else {
+                        counters::add(&c.alloc_failures, 1);
+                        stop = Stop::NoPages;
+                        break;
+                    };
+                    match batch.pfns.push(page.pfn()) {
+                        Ok(()) => batch.pages.push(page),
+                        Err(PushError::OutOfRange) | Err(PushError::Full) => {
+                            // A frame above 16 TiB cannot be reported with 32-bit PFNs.
+                            stop = Stop::NoPages;
+                            break;
+                        }
+                    }
+                }
+                counters::add(&c.alloc_ns, elapsed_ns(start));
+                if batch.pfns.is_empty() {
+                    st.pool.put(batch);
+                    break;
+                }
+                let n = batch.pfns.len() as u32;
+                match st.inflate_vq.add(batch) {
+                    Ok(()) => {
+                        queued += n;
+                        added = true;
+                        counters::add(&c.inflate_descs, 1);
+                    }
+                    Err((_, mut batch)) => {
+                        batch.release();
+                        st.pool.put(batch);
+                        break;
+                    }
+                }
+            }
+            if added {
+                st.inflate_vq.kick();
+                counters::add(&c.kicks, 1);
+            }
+            if st.inflate_vq.in_flight() == 0 {
+                return stop;
+            }
+            let Some(first) = self.wait_used(ev, &mut st.inflate_vq) else {
+                return Stop::HostTimeout;
+            };
+            let mut next = Some(first);
+            while let Some(mut batch) = next {
+                let n = batch.pages.len() as u64;
+                st.pages.append(&mut batch.pages);
+                batch.pfns.clear();
+                st.pool.put(batch);
+                counters::add(&c.inflated, n);
+                next = st.inflate_vq.get_used().map(|used| check_used(ev, used));
+            }
+            counters::set(&c.pages, st.pages.len() as u64);
+        }
+    }
+
+    /// Gives up to `want` pages back to the guest, always telling the host before a page is
+    /// freed (as the C driver does, with or without `MUST_TELL_HOST`): a page whose report could
+    /// not be queued stays in the balloon. With `draining` (removal) it goes on while the device
+    /// is stopping.
+    fn deflate(&self, ev: &Events, st: &mut TargetState, want: u32, draining: bool) -> Stop {
+        let c = ev.counters();
+        let mut queued = 0u32;
+        let mut stop = Stop::Done;
+        loop {
+            let mut added = false;
+            while queued < want && stop == Stop::Done {
+                if !draining && ev.stopping() {
+                    stop = Stop::Stopping;
+                    break;
+                }
+                if st.pages.is_empty() {
+                    stop = Stop::NoPages;
+                    break;
+                }
+                let Some(mut batch) = st.pool.take(&st.deflate_vq, &c.buffers_made) else {
+                    break;
+                };
+                while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {
+                    let Some(page) = st.pages.pop() else {
+                        break;
+                    };
+                    // Cannot fail: the page was reported with this frame number on inflate.
+                    let _ = batch.pfns.push(page.pfn());
+                    batch.pages.push(page);
+                }
+                let n = batch.pfns.len() as u32;
+                match st.deflate_vq.add(batch) {
+                    Ok(()) => {
+                        queued += n;
+                        added = true;
+                        counters::add(&c.deflate_descs, 1);
+                    }
+                    Err((_, mut batch)) => {
+                        // Not reported (ring full, device gone): the pages stay ballooned.
+                        st.pages.append(&mut batch.pages);
+                        batch.pfns.clear();
+                        st.pool.put(batch);
+                        break;
+                    }
+                }
+            }
+            if added {
+                st.deflate_vq.kick();
+                counters::add(&c.kicks, 1);
+            }
+            if st.deflate_vq.in_flight() == 0 {
+                return stop;
+            }
+            let Some(first) = self.wait_used(ev, &mut st.deflate_vq) else {
+                return Stop::HostTimeout;
+            };
+            let mut next = Some(first);
+            while let Some(mut batch) = next {
+                counters::add(&c.deflated, batch.pages.len() as u64);
+                batch.release();
+                st.pool.put(batch);
+                next = st.deflate_vq.get_used().map(|used| check_used(ev, used));
+            }
+            counters::set(&c.pages, st.pages.len() as u64);
+        }
+    }
+}
+
+/// Checks the length the host reports for a used out-buffer (it must have written nothing).
+fn check_used(ev: &Events, (batch, len): (KBox<Batch>, u32)) -> KBox<Batch> {
+    if len != 0 && ev.host_error() {
+        pr_warn!(
+            "virtio{}: host reports {} bytes written to a read-only buffer; ignored\n",
+            ev.index,
+            len
+        );
+    }
+    batch
+}
+
+/// Nanoseconds since `start`.
+pub(crate) fn elapsed_ns(start: Ktime) -> u64 {
+    (Ktime::ktime_get().to_ns() - start.to_ns()).max(0) as u64
+}
