@@ -204,7 +204,7 @@ impl HintBlocks {
 
 // SAFETY: The table lives inside `self`, so it stays in place while `self` does; its `nranges > 0` entries are initialised by `sg_init_table` and `sg_set_page`, and each one
 // describes blocks that `self` owns exclusively (isolated from the allocator: nobody else reads
-// or writes them) until it is dropped or released, which needs `&mut self`.
+// or writes them) until it is dropped or released, both of which need `&mut self`.
 unsafe impl DeviceWritable for HintBlocks {
     /// Fills the scatter-gather table with the blocks held, adjacent ones merged into one
     /// entry, and returns it with its length.

@@ -164,10 +164,10 @@ impl Balloon {
     where
         Self: WorkItem<ID, Pointer = Arc<Self>> + workqueue::HasWork<Self, ID>,
     {
-        if !self.ev.stopping() {
+        self.ev.unless_stopping(|| {
             // `Err` means it is queued already, which is all we want.
             let _ = workqueue::system_freezable().enqueue::<_, ID>(self.clone());
-        }
+        });
     }
 
     /// The device is ready: queue the statistics buffer and look at the target.
@@ -182,7 +182,7 @@ impl Balloon {
     /// The host changed the config space (atomic context).
     pub(crate) fn config_changed(self: &Arc<Self>) {
         self.ev.config_changed();
-        self.ev.wake_start(WAKE_TARGET);
+        self.ev.unless_stopping(|| self.ev.wake_start(WAKE_TARGET));
         self.schedule::<TARGET_WORK>();
         if self.hint.is_some() {
             self.schedule::<HINT_WORK>();
@@ -192,17 +192,16 @@ impl Balloon {
     /// The host used buffers of queue `queue` (interrupt context).
     pub(crate) fn host_done(self: &Arc<Self>, queue: usize) {
         if queue == STATS_Q {
-            if !self.ev.stopping() {
-                self.ev.wake_start(WAKE_STATS);
-                self.schedule::<STATS_WORK>();
-            }
+            self.ev.unless_stopping(|| self.ev.wake_start(WAKE_STATS));
+            self.schedule::<STATS_WORK>();
         } else {
             self.ev.host_wq.wake_up();
         }
     }
 
     /// Stops the work items, ends a hinting round and gives every page back, telling the host
-    /// first (device removal).
+    /// first (device removal). After `stop` nothing queues a work item, so one flush of each
+    /// waits for all of them.
     pub(crate) fn shutdown(&self) {
         self.ev.stop();
         work::flush(&self.target_work);

@@ -35,8 +35,10 @@ pub(crate) struct Events {
     pub(crate) event_wq: WaitQueue,
     /// Incremented on every config change.
     config_seq: AtomicU64,
-    /// The device goes away: work items return as soon as they can.
+    /// The device goes away: work items return as soon as they can, and none is queued again.
     stopping: AtomicBool,
+    /// Callers inside [`Events::unless_stopping`] (which queue work items).
+    enqueuing: AtomicU32,
     /// A host misbehaviour with buffers was logged (logged once per device).
     warned_host: AtomicBool,
     /// Reasons to keep the system awake (`WAKE_*`), and whether the wakeup event is held.
@@ -55,6 +57,7 @@ impl Events {
             event_wq <- new_wait_queue!("virtio_balloon_rs::event_wq"),
             config_seq: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            enqueuing: AtomicU32::new(0),
             warned_host: AtomicBool::new(false),
             wake: AtomicU32::new(0),
             stats,
@@ -76,9 +79,23 @@ impl Events {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// The device goes away: wakes every waiter.
+    /// Runs `f` (which queues a work item) unless the device is stopping. Any context.
+    pub(crate) fn unless_stopping(&self, f: impl FnOnce()) {
+        self.enqueuing.fetch_add(1, Ordering::SeqCst);
+        if !self.stopping.load(Ordering::SeqCst) {
+            f();
+        }
+        self.enqueuing.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The device goes away: no work item is queued after this returns (a caller of
+    /// [`Self::unless_stopping`] that saw the device running has finished queueing, so one flush
+    /// of each work item waits for everything), and every waiter wakes up.
     pub(crate) fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::SeqCst);
+        while self.enqueuing.load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+        }
         self.event_wq.wake_up();
         self.host_wq.wake_up();
     }
@@ -119,12 +136,19 @@ impl Events {
 
     /// Lets the system suspend again if no reason is left.
     pub(crate) fn wake_finish(&self) {
+        if self.wake.load(Ordering::Acquire) != WAKE_HELD {
+            return;
+        }
+        // Relax first, then let go of the event: a `wake_start` after that calls `stay_awake`
+        // itself, so a relax never undoes a newer request.
+        self.dev.device().relax();
         if self
             .wake
             .compare_exchange(WAKE_HELD, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_err()
         {
-            self.dev.device().relax();
+            // A new reason came meanwhile, seeing the event held: hold it again.
+            self.dev.device().stay_awake();
         }
     }
 }

@@ -597,6 +597,38 @@ impl Guest {
         }
     }
 
+    /// The statistics the host has from the guest (QMP `qom-get` of the balloon's
+    /// `guest-stats`: `stats` by name, `last-update` in seconds since the epoch).
+    pub fn guest_stats(&mut self) -> Result<serde_json::Value> {
+        self.qmp(&qmp::qom_get {
+            path: "/machine/peripheral/balloon0".into(),
+            property: "guest-stats".into(),
+        })
+    }
+
+    /// How often the host asks the guest for statistics, in seconds (0: never).
+    pub fn set_stats_interval(&mut self, secs: u64) -> Result<()> {
+        self.qmp(&qmp::qom_set {
+            path: "/machine/peripheral/balloon0".into(),
+            property: "guest-stats-polling-interval".into(),
+            value: serde_json::json!(secs),
+        })
+        .map(drop)
+    }
+
+    /// Waits for statistics newer than `after` (seconds since the epoch) and returns them.
+    pub fn wait_guest_stats(&mut self, after: u64, timeout: Duration) -> Result<serde_json::Value> {
+        poll_until(
+            timeout,
+            Duration::from_millis(200),
+            || format!("no guest statistics newer than {after}"),
+            || {
+                let v = self.guest_stats()?;
+                Ok((v["last-update"].as_u64().unwrap_or(0) > after).then_some(v))
+            },
+        )
+    }
+
     /// The guest's RAM size in bytes.
     pub fn ram_bytes(&self) -> u64 {
         self.cfg.mem_mib << 20

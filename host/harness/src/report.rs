@@ -15,6 +15,8 @@ struct Run {
     pages: u64,
     /// debugfs counters (ours only).
     counters: Vec<(String, u64)>,
+    /// The statistics the host sees (QMP `guest-stats`), by name.
+    stats: Vec<(String, u64)>,
     clean_log: bool,
 }
 
@@ -37,6 +39,17 @@ fn measure(d: Driver, mem_mib: u64, balloon_mib: u64, flavour: &'static str) -> 
     eprintln!("[vbrs] {}: deflating to {} MiB", d.name(), mem / MIB);
     g.balloon(mem)?;
     let deflate = g.wait_actual(mem, Duration::from_secs(900))?;
+    g.set_stats_interval(1)?;
+    let seen = g.wait_guest_stats(0, Duration::from_secs(60))?;
+    let mut stats: Vec<(String, u64)> = seen["stats"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(u64::MAX)))
+                .collect()
+        })
+        .unwrap_or_default();
+    stats.sort();
     let mut counters = Vec::new();
     if d == Driver::Rs {
         let out = g.sh("cd /sys/kernel/debug/virtio_balloon_rs/virtio* && for f in *; do echo \"$f $(cat $f)\"; done")?;
@@ -54,6 +67,7 @@ fn measure(d: Driver, mem_mib: u64, balloon_mib: u64, flavour: &'static str) -> 
         deflate,
         pages: balloon_mib * MIB / 4096,
         counters,
+        stats,
         clean_log,
     })
 }
@@ -90,6 +104,25 @@ fn print(runs: &[Run], mem_mib: u64, balloon_mib: u64) -> String {
             a.inflate.as_secs_f64() / b.inflate.as_secs_f64().max(1e-9),
             a.deflate.as_secs_f64() / b.deflate.as_secs_f64().max(1e-9)
         );
+    }
+    if let Some(first) = runs.first() {
+        s += "\nstatistics the host sees (QMP qom-get guest-stats; -: not reported):\n\n";
+        s += &format!("{:<26}", "stat");
+        for r in runs {
+            s += &format!(" {:>20}", r.driver.name());
+        }
+        s += "\n";
+        for (name, _) in &first.stats {
+            s += &format!("{name:<26}");
+            for r in runs {
+                let v = r.stats.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+                s += &match v {
+                    Some(v) if v != u64::MAX => format!(" {v:>20}"),
+                    _ => format!(" {:>20}", "-"),
+                };
+            }
+            s += "\n";
+        }
     }
     for r in runs.iter().filter(|r| !r.counters.is_empty()) {
         s += &format!("\n{} debugfs: ", r.driver.name());

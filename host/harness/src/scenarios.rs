@@ -333,23 +333,6 @@ fn unbind_rebind_inflated(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Res
     deflate_all(g, total0)
 }
 
-/// `qom-get` of the balloon device's `guest-stats`.
-fn guest_stats(g: &mut Guest) -> Result<serde_json::Value> {
-    g.qmp(&qapi::qmp::qom_get {
-        path: "/machine/peripheral/balloon0".into(),
-        property: "guest-stats".into(),
-    })
-}
-
-fn set_stats_interval(g: &mut Guest, secs: u64) -> Result<()> {
-    g.qmp(&qapi::qmp::qom_set {
-        path: "/machine/peripheral/balloon0".into(),
-        property: "guest-stats-polling-interval".into(),
-        value: serde_json::json!(secs),
-    })
-    .map(drop)
-}
-
 /// A `/proc/vmstat` counter.
 fn vmstat(g: &mut Guest, key: &str) -> Result<u64> {
     let out = g.sh(&format!("grep '^{key} ' /proc/vmstat"))?;
@@ -373,7 +356,7 @@ fn statistics(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
         "stat-htlb-pgalloc",
         "stat-htlb-pgfail",
     ];
-    set_stats_interval(g, 1)?;
+    g.set_stats_interval(1)?;
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -381,27 +364,11 @@ fn statistics(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
             .unwrap_or(0)
     };
     // Two updates in a row: the driver answers every request, not just the first buffer.
-    let first = poll_until(
-        WAIT,
-        Duration::from_millis(200),
-        || "no statistics".into(),
-        || {
-            let v = guest_stats(g)?;
-            Ok((v["last-update"].as_u64().unwrap_or(0) > 0).then_some(v))
-        },
-    )?;
+    let first = g.wait_guest_stats(0, WAIT)?;
     let t1 = first["last-update"].as_u64().unwrap_or(0);
     // Change what the guest reports: 128 MiB more in the page cache, less free.
     g.sh("dd if=/dev/zero of=/tmp/stats-fill bs=1048576 count=128 2>/dev/null")?;
-    let stats = poll_until(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || "the statistics were not refreshed".into(),
-        || {
-            let v = guest_stats(g)?;
-            Ok((v["last-update"].as_u64().unwrap_or(0) > t1 + 1).then_some(v))
-        },
-    )?;
+    let stats = g.wait_guest_stats(t1 + 1, Duration::from_secs(30))?;
     let (total, free, avail) = (
         g.meminfo("MemTotal")? * 1024,
         g.meminfo("MemFree")? * 1024,
@@ -466,7 +433,7 @@ fn statistics(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
     )?;
     // A host that stops polling: the buffer stays with it; the balloon keeps working and the
     // driver unloads cleanly.
-    set_stats_interval(g, 0)?;
+    g.set_stats_interval(0)?;
     if d == Driver::Rs {
         let (req, sent) = (debugfs(g, "stats_requests")?, debugfs(g, "stats_sent")?);
         check(req >= 2 && sent == req + 1, || {

@@ -87,10 +87,18 @@ impl Device {
         unsafe { (*self.as_raw()).index }
     }
 
-    /// Whether feature `bit` was negotiated.
+    /// Whether feature `bit` was negotiated (false for bits beyond 63).
+    ///
+    /// Tests the device's feature word directly: `virtio_has_feature()` also checks that the
+    /// bound driver offered the bit, through `dev.driver`, which is gone after unbind.
     pub(crate) fn has_feature(&self, bit: u32) -> bool {
-        // SAFETY: The device is alive (type invariant); the helper only tests a bit.
-        unsafe { bindings::virtio_has_feature(self.as_raw(), bit) }
+        if bit >= 64 {
+            return false;
+        }
+        // SAFETY: The device is alive (type invariant); `features` is a plain word, written by
+        // the core during probe and restore.
+        let features = unsafe { core::ptr::read_volatile(&raw const (*self.as_raw()).features) };
+        features & (1u64 << bit) != 0
     }
 
     /// Starts a wakeup event: the system does not suspend until [`Device::relax`] (each call
@@ -296,19 +304,26 @@ impl Device<Bound> {
 
 impl Device<Core> {
     /// Lets the device's driver report wakeup events ([`Device::stay_awake`]), as the C balloon
-    /// does so that a host request is not lost to a suspend starting meanwhile.
+    /// does so that a host request is not lost to a suspend starting meanwhile (once user space
+    /// enables wakeup for the device, which creates its wakeup source).
     pub(crate) fn set_wakeup_capable(&self) {
         #[cfg(CONFIG_PM_SLEEP)]
-        // SAFETY: In a bus callback the device is registered; this creates its wakeup source.
+        // SAFETY: In a bus callback the device is registered; this only adds its wakeup sysfs
+        // attributes.
         unsafe {
             bindings::device_set_wakeup_capable(&mut (*self.as_raw()).dev, true)
         };
     }
 
     /// Clears a feature bit the device offered, so it is not negotiated. Only meaningful in
-    /// `validate`, before features are finalised.
+    /// `validate`, before features are finalised (elsewhere the device keeps what was
+    /// negotiated and the driver merely stops seeing the bit). Bits beyond 63 are ignored.
     pub(crate) fn clear_feature(&self, bit: u32) {
-        // SAFETY: In a bus callback the core lets the driver change the feature bits.
+        if bit >= 64 {
+            return;
+        }
+        // SAFETY: In a bus callback the core lets the driver change the feature bits; `bit` is
+        // below 64, as `__virtio_clear_bit` requires.
         unsafe { bindings::__virtio_clear_bit(self.as_raw(), bit) };
     }
 }

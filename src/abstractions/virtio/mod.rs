@@ -24,7 +24,11 @@ mod queue;
 pub(crate) use device::{balloon, Binding, Bound, Core, Device};
 pub(crate) use queue::{Buffer, DeviceWritable, Payload, QueueSpec, Queues, Virtqueue};
 
-use core::{marker::PhantomData, ptr::NonNull};
+use core::{
+    marker::PhantomData,
+    ptr::NonNull,
+    sync::atomic::{AtomicPtr, Ordering},
+};
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
     bindings,
@@ -190,9 +194,26 @@ fn teardown_queues(dev: &Device<Core>, slots: &[Option<Arc<Slot>>; MAX_QUEUES]) 
 ///
 /// `vdev` must be a live virtio device bound to driver `T`.
 unsafe fn bind_of<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> Option<&'a Bind<T>> {
-    // SAFETY: `vdev` is live; `priv` is null or points to the `Bind<T>` that probe published,
-    // freed only after the queues are deleted and `priv` is cleared.
-    unsafe { (*vdev).priv_.cast::<Bind<T>>().as_ref() }
+    // SAFETY: `vdev` is live; `priv` is null or points to the `Bind<T>` that probe published
+    // (with release ordering, see `publish`), freed only after the queues are deleted and `priv`
+    // is cleared.
+    unsafe {
+        AtomicPtr::from_ptr(&raw mut (*vdev).priv_)
+            .load(Ordering::Acquire)
+            .cast::<Bind<T>>()
+            .as_ref()
+    }
+}
+
+/// Sets `priv`, which callbacks on other CPUs read.
+///
+/// # Safety
+///
+/// `vdev` must be live, and `bind` null or a `Bind` of the driver bound to it.
+unsafe fn publish<T: Driver>(vdev: *mut bindings::virtio_device, bind: *mut Bind<T>) {
+    // SAFETY: `vdev` is live; `priv` is an aligned pointer-sized field, only accessed atomically
+    // by the adapter.
+    unsafe { AtomicPtr::from_ptr(&raw mut (*vdev).priv_).store(bind.cast(), Ordering::Release) };
 }
 
 extern "C" fn vq_callback<T: Driver>(vq: *mut bindings::virtqueue) {
@@ -265,9 +286,9 @@ extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> c
         };
         bind.data = Some(data);
         let bind = KBox::into_raw(bind);
-        // SAFETY: `vdev` is live; the core leaves `priv` to the driver. Callbacks see the state
-        // from now on, with its data set.
-        unsafe { (*vdev).priv_ = bind.cast() };
+        // SAFETY: `vdev` is live and `bind` is its state; the core leaves `priv` to the driver.
+        // Callbacks see the state from now on, with its data set.
+        unsafe { publish(vdev, bind) };
         // SAFETY: `vdev` is live and not yet marked ready (the core only does so after probe).
         unsafe { bindings::virtio_device_ready(vdev) };
         // SAFETY: `bind` was just published and is freed only in remove.
@@ -281,13 +302,11 @@ extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> c
 extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
     // SAFETY: The bus calls remove with the live device it probed.
     let dev = unsafe { Device::<Core>::from_raw(vdev) };
-    // SAFETY: `vdev` is live; `priv` was set by a successful probe.
-    let bind = unsafe { (*vdev).priv_.cast::<Bind<T>>() };
-    if bind.is_null() {
+    // SAFETY: The device is bound to `T`; remove is the only place that frees the state.
+    let Some(b) = (unsafe { bind_of::<T>(vdev) }) else {
         return;
-    }
-    // SAFETY: `bind` is the state probe published; only remove frees it.
-    let b = unsafe { &*bind };
+    };
+    let bind = core::ptr::from_ref(b).cast_mut();
     if let Some(data) = &b.data {
         T::remove(dev, data);
     }
@@ -295,7 +314,7 @@ extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
     teardown_queues(dev, &b.slots);
     // SAFETY: The queues are deleted, so no callback can see `priv` any more; config callbacks
     // were disabled by the core before remove.
-    unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+    unsafe { publish::<T>(vdev, core::ptr::null_mut()) };
     // SAFETY: `bind` came from `KBox::into_raw` in probe; no reference to it is left.
     drop(unsafe { KBox::from_raw(bind) });
 }
@@ -370,14 +389,16 @@ extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_device) -
 ///
 /// # Invariants
 ///
-/// `drv` is registered with the virtio bus and points to `ids`, which do not move (the
-/// registration is pinned).
+/// Once `registered` is set, `drv` is registered with the virtio bus and points to `ids`, which
+/// do not move (the registration is pinned).
 #[pin_data(PinnedDrop)]
 pub(crate) struct Registration<T: Driver> {
     #[pin]
     drv: Opaque<bindings::virtio_driver>,
     ids: [bindings::virtio_device_id; 2],
     context: T::Context,
+    /// Set once the bus accepted the driver: only then does drop unregister it.
+    registered: bool,
     _driver: PhantomData<T>,
 }
 
@@ -389,7 +410,14 @@ unsafe impl<T: Driver> Sync for Registration<T> {}
 impl<T: Driver> Registration<T> {
     /// Registers driver `T` for the devices with id `T::DEVICE_ID`; every probe sees `context`.
     pub(crate) fn new(module: &'static ThisModule, context: T::Context) -> Result<Pin<KBox<Self>>> {
-        if T::QUEUES.len() > MAX_QUEUES {
+        // At most `MAX_QUEUES` queues, each depending on a feature the driver offers (or on
+        // none): a queue of a feature that cannot be negotiated would never exist.
+        if T::QUEUES.len() > MAX_QUEUES
+            || T::QUEUES
+                .iter()
+                .filter_map(|q| q.feature)
+                .any(|f| !T::FEATURES.contains(&f))
+        {
             return Err(EINVAL);
         }
         let this = KBox::pin(
@@ -407,6 +435,7 @@ impl<T: Driver> Registration<T> {
                     },
                 ],
                 context,
+                registered: false,
                 _driver: PhantomData,
             },
             GFP_KERNEL,
@@ -433,6 +462,9 @@ impl<T: Driver> Registration<T> {
         // SAFETY: `drv` is fully initialised and will not move until it is unregistered in
         // `drop`.
         to_result(unsafe { bindings::__register_virtio_driver(drv, module.as_ptr()) })?;
+        let mut this = this;
+        // SAFETY: `registered` is not structurally pinned; nothing else moves.
+        unsafe { this.as_mut().get_unchecked_mut().registered = true };
         // INVARIANT: registered above.
         Ok(this)
     }
@@ -441,7 +473,9 @@ impl<T: Driver> Registration<T> {
 #[pinned_drop]
 impl<T: Driver> PinnedDrop for Registration<T> {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: By the type invariant the driver is registered.
-        unsafe { bindings::unregister_virtio_driver(self.drv.get()) };
+        if self.registered {
+            // SAFETY: The bus accepted the registration, which has not moved since.
+            unsafe { bindings::unregister_virtio_driver(self.drv.get()) };
+        }
     }
 }

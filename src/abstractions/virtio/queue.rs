@@ -9,9 +9,11 @@
 //! still queued (dropping it: its `Drop` gives back what it holds) and only then deletes the
 //! queues; on resume it puts the new queues into the same slots.
 //!
-//! What safe code can do: queue buffers it owns, kick, and take used buffers back, from any
-//! context that may take a spinlock (the operations never sleep and never allocate: `GFP_ATOMIC`,
-//! and drivers that queue several entries per buffer clear `VIRTIO_RING_F_INDIRECT_DESC`).
+//! What safe code can do: queue buffers it owns, kick, and take used buffers back, from process
+//! context, including with the task queued on a wait queue (the operations take a spinlock,
+//! never sleep and never allocate: `GFP_ATOMIC`, and drivers that queue several entries per
+//! buffer clear `VIRTIO_RING_F_INDIRECT_DESC`). Not from interrupt handlers such as
+//! [`super::Driver::vq_done`]: the lock is not interrupt-safe, so that would deadlock.
 //! What it cannot do: reach a deleted queue (a handle kept after removal finds its slot empty
 //! and every operation fails or returns nothing), give the device memory it does not own (bytes
 //! must lie inside the buffer's box; scatter-gather entries come from [`DeviceWritable`], an
@@ -57,14 +59,15 @@ pub(crate) enum Payload<'a> {
 /// `self` or in memory `self` owns, so it stays in place while `self` does (a queued buffer is
 /// boxed and does not move). Every entry must
 /// describe memory that `self` owns exclusively: no other code reads or writes it, and it stays
-/// allocated, until `self` is dropped or the table is rebuilt by another call.
+/// allocated, until `self` is next used mutably or dropped.
 pub(crate) unsafe trait DeviceWritable {
     /// The table and its length, `None` when there is nothing to describe.
     fn sg(&mut self) -> Option<(NonNull<bindings::scatterlist>, u32)>;
 }
 
-/// A buffer that a [`Virtqueue`] carries to the device.
-pub(crate) trait Buffer: Send {
+/// A buffer that a [`Virtqueue`] carries to the device. `'static`: a queued buffer may outlive
+/// any borrow (the adapter drops leftovers at teardown).
+pub(crate) trait Buffer: Send + 'static {
     /// What the device is shown.
     fn payload(&mut self) -> Payload<'_>;
 }
@@ -245,6 +248,13 @@ impl<B: Buffer> Virtqueue<B> {
             // SAFETY: The queue did not take the token, so we still own the box.
             return Err((ENODEV, unsafe { KBox::from_raw(token) }));
         };
+        // SAFETY: `vq` is live.
+        if num > unsafe { bindings::virtqueue_get_vring_size(vq.as_ptr()) } {
+            // More entries than the ring has descriptors: never fits (and the core would warn).
+            drop(st);
+            // SAFETY: The queue did not take the token, so we still own the box.
+            return Err((EINVAL, unsafe { KBox::from_raw(token) }));
+        }
         // The core copies the entries into the ring; out entries point into the box, in entries
         // describe memory the box owns until the buffer comes back.
         // SAFETY: `vq` is live and the lock serialises queue operations; `sg` holds `num`
