@@ -1,6 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Pages owned by a balloon and the memory-management counters a balloon adjusts.
+//!
+//! Safe code can allocate pages for the balloon, read their frame numbers, keep them in a
+//! [`PageStack`] (where they are out of the guest's managed memory and `PageOffline`) and free
+//! them, and read memory statistics. It cannot free a page twice, keep using a page it freed,
+//! or leave the managed-page count or a page's type wrong: an owned page is freed exactly once
+//! when dropped, and a stack undoes what it did to its pages whichever way they leave it.
 
 use core::ptr::NonNull;
 use kernel::bindings;

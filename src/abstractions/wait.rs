@@ -2,6 +2,11 @@
 
 //! A wait queue whose waiters re-check their condition after queueing themselves, as the C
 //! `wait_event_timeout()` does, so a wake-up between a check and the sleep is never lost.
+//!
+//! Safe code can wake waiters from any context and wait with a timeout in process context. The
+//! condition runs with the task already queued (not runnable), so it must not sleep; the types
+//! cannot enforce that, and a sleeping condition would only lose the wait's timeout accuracy
+//! (the kernel warns), not memory safety.
 
 use core::marker::PhantomPinned;
 use kernel::{bindings, prelude::*, str::CStr, sync::LockClassKey, types::Opaque};

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! What the `kernel::workqueue` abstraction of 6.12 lacks: waiting for a work item.
+//!
+//! Safe code can wait for a work item it shares; calling this from the work item itself would
+//! deadlock (a bug, not a memory-safety problem), which lockdep reports.
 
 use kernel::{bindings, workqueue::Work};
 

@@ -558,43 +558,44 @@ impl Guest {
     /// Waits until QMP `actual` equals `bytes`; returns the time it took.
     pub fn wait_actual(&mut self, bytes: u64, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
-        loop {
-            let a = self.actual()?;
-            if a == bytes {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > timeout {
-                return Err(format!(
-                    "balloon actual {} MiB, expected {} MiB after {timeout:?}",
-                    a >> 20,
+        let last = std::cell::Cell::new(0);
+        poll_until(
+            timeout,
+            Duration::from_millis(5),
+            || {
+                format!(
+                    "balloon actual {} MiB, expected {} MiB",
+                    last.get() >> 20,
                     bytes >> 20
-                ));
-            }
-            if let Ok(Some(st)) = self.qemu.try_wait() {
-                return Err(format!("QEMU exited ({st})\n{}", self.console_tail(40)));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+                )
+            },
+            || {
+                if let Ok(Some(st)) = self.qemu.try_wait() {
+                    return Err(format!("QEMU exited ({st})\n{}", self.console_tail(40)));
+                }
+                last.set(self.actual()?);
+                Ok((last.get() == bytes).then(|| start.elapsed()))
+            },
+        )
     }
 
     /// Waits until QMP `actual` has not changed for `quiet`; returns it.
     pub fn wait_actual_settles(&mut self, quiet: Duration, timeout: Duration) -> Result<u64> {
-        let start = Instant::now();
         let mut last = self.actual()?;
         let mut since = Instant::now();
-        loop {
-            std::thread::sleep(Duration::from_millis(100));
-            let a = self.actual()?;
-            if a != last {
-                last = a;
-                since = Instant::now();
-            } else if since.elapsed() >= quiet {
-                return Ok(a);
-            }
-            if start.elapsed() > timeout {
-                return Err(format!("balloon still moving after {timeout:?}"));
-            }
-        }
+        poll_until(
+            timeout,
+            Duration::from_millis(100),
+            || "balloon still moving".into(),
+            || {
+                let a = self.actual()?;
+                if a != last {
+                    last = a;
+                    since = Instant::now();
+                }
+                Ok((since.elapsed() >= quiet).then_some(a))
+            },
+        )
     }
 
     /// The statistics the host has from the guest (QMP `qom-get` of the balloon's

@@ -1,11 +1,11 @@
 //! Live migration between two local QEMU processes, and the guest-side workloads the migration
 //! scenarios and benchmarks run around it.
 
-use crate::guest::{Config, Guest};
+use crate::guest::{poll_until, Config, Guest};
 use crate::Result;
 use qapi::qmp;
 use serde::{Serialize, Serializer};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Migration parameters, pinned so that runs compare.
 #[derive(Clone, Copy)]
@@ -86,19 +86,20 @@ pub fn status(src: &mut Guest) -> Result<String> {
 /// guest goes on running.
 pub fn cancel(src: &mut Guest) -> Result<()> {
     src.qmp(&qmp::migrate_cancel {})?;
-    let start = Instant::now();
-    loop {
-        match status(src)?.as_str() {
-            "cancelled" => return Ok(()),
-            "completed" => {
-                return Err("the migration completed before it could be cancelled".into())
+    let last = std::cell::RefCell::new(String::new());
+    poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || format!("migration still '{}' after migrate_cancel", last.borrow()),
+        || match status(src)?.as_str() {
+            "cancelled" => Ok(Some(())),
+            "completed" => Err("the migration completed before it could be cancelled".into()),
+            s => {
+                *last.borrow_mut() = s.to_string();
+                Ok(None)
             }
-            s if start.elapsed() > Duration::from_secs(60) => {
-                return Err(format!("migration still '{s}' 60 s after migrate_cancel"))
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+        },
+    )
 }
 
 /// Migrates `src` to a new QEMU started from `dst_cfg`; returns the destination guest (its
@@ -108,28 +109,24 @@ pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, S
     if let Some(bytes) = p.balloon_during {
         src.balloon(bytes)?;
     }
-    let start = Instant::now();
-    let info = loop {
-        let info = src.qmp(&QueryMigrate)?;
-        match info["status"].as_str().unwrap_or("") {
-            "completed" => break info,
-            "failed" | "cancelled" => {
-                return Err(format!(
+    let info = poll_until(
+        Duration::from_secs(600),
+        Duration::from_millis(20),
+        || "migration still running".into(),
+        || {
+            let info = src.qmp(&QueryMigrate)?;
+            match info["status"].as_str().unwrap_or("") {
+                "completed" => Ok(Some(info)),
+                "failed" | "cancelled" => Err(format!(
                     "migration {}: {}",
                     info["status"],
                     info["error-desc"].as_str().unwrap_or("no reason given")
-                ))
+                )),
+                _ if !dst.alive() => Err("destination QEMU exited during migration".into()),
+                _ => Ok(None),
             }
-            _ => {}
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            return Err(format!("migration still running after 600 s: {info}"));
-        }
-        if !dst.alive() {
-            return Err("destination QEMU exited during migration".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        },
+    )?;
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let stats = Stats {
         total_ms: n(&info["total-time"]),
@@ -396,13 +393,12 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
     if rs {
         // The round the migration interrupted ends on the destination (without waiting for the
         // host's timeout, or host_errors counts it).
-        let start = Instant::now();
-        while rs_counter(g, "hint_ended")? < rs_counter(g, "hint_rounds")? {
-            if start.elapsed() > Duration::from_secs(60) {
-                return Err("a hinting round is still running 60 s after migration".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || "a hinting round is still running after migration".into(),
+            || Ok((rs_counter(g, "hint_ended")? >= rs_counter(g, "hint_rounds")?).then_some(())),
+        )?;
         let holds = rs_counter(g, "hint_lock_holds")?;
         hint = Some((
             rs_counter(g, "hint_rounds")?,

@@ -101,6 +101,7 @@ const BOTH: &[Qemu] = &[Qemu::Debian, Qemu::Ours];
 
 const SCENARIOS: &[Scenario] = &[
     Scenario::new("load_unload", 512, load_unload),
+    Scenario::new("modalias_autoload", 512, modalias_autoload),
     Scenario::new("inflate_deflate", 1024, inflate_deflate).mmio(),
     Scenario::new("reverse_mid_inflate", 1024, reverse_mid_inflate),
     Scenario::new("unload_inflated", 1024, unload_inflated).mmio(),
@@ -220,6 +221,29 @@ fn load_unload(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
     check(bound(g, d)?, || "not bound after the second insmod".into())?;
     g.unload(d)?;
     g.load(d)
+}
+
+/// The module is installed the way a distribution installs it (`depmod`), and `modprobe` of the
+/// balloon device's modalias loads it and binds the device.
+fn modalias_autoload(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    g.unload(d)?;
+    let (rc, out) = g.exec_timeout(
+        &format!(
+            "set -e; kv=$(uname -r); mkdir -p /lib/modules/$kv; cp {} /lib/modules/$kv/; depmod; \
+             for dev in /sys/bus/virtio/devices/*; do \
+               [ \"$(cat $dev/device)\" = 0x0005 ] && alias=$(cat $dev/modalias); done; \
+             echo \"modalias $alias\"; modprobe \"$alias\"",
+            d.module()
+        ),
+        WAIT,
+    )?;
+    check(rc == 0, || format!("modprobe by modalias failed: {out}"))?;
+    check(bound(g, d)?, || {
+        format!("{} not bound after modprobe: {out}", d.name())
+    })?;
+    let total0 = g.meminfo("MemTotal")?;
+    inflate_to(g, d, 128, total0)?;
+    deflate_all(g, total0)
 }
 
 /// Inflates `mib` MiB, checks guest and host agree, deflates, checks everything came back.
@@ -812,17 +836,21 @@ fn migrate_cancel_unload_hint(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) ->
     }
     migrate::verify_live_data(g)?;
     // Whatever a driver took for hinting is back (the live data is 64 MiB).
-    let start = Instant::now();
-    loop {
-        let free = g.meminfo("MemFree")?;
-        if free + (migrate::LIVE_MIB + 64) * 1024 >= free0 {
-            break;
-        }
-        check(start.elapsed() < WAIT, || {
-            format!("MemFree {free} kB after the cancel, {free0} kB before the migration")
-        })?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let free = std::cell::Cell::new(0);
+    poll_until(
+        WAIT,
+        Duration::from_millis(200),
+        || {
+            format!(
+                "MemFree {} kB after the cancel, {free0} kB before the migration",
+                free.get()
+            )
+        },
+        || {
+            free.set(g.meminfo("MemFree")?);
+            Ok((free.get() + (migrate::LIVE_MIB + 64) * 1024 >= free0).then_some(()))
+        },
+    )?;
     let mem = g.ram_bytes();
     g.balloon(mem - 128 * MIB)?;
     g.wait_actual(mem - 128 * MIB, WAIT)?;
