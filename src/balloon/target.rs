@@ -113,6 +113,16 @@ enum Stop {
     Stopping,
 }
 
+/// What [`TargetPart::settle`] saw.
+enum Settled {
+    /// Nothing was in flight.
+    Idle,
+    /// The host did not use a buffer in time.
+    HostTimeout,
+    /// The host used buffers; they were handed over.
+    Used,
+}
+
 /// What a run of the work item asks for next.
 #[derive(PartialEq, Eq)]
 pub(crate) enum Next {
@@ -297,6 +307,33 @@ impl TargetPart {
         }
     }
 
+    /// Kicks `vq` if buffers were `added`, then, unless none is in flight, waits for the host to
+    /// use one and hands every used batch to `used`.
+    fn settle(
+        &self,
+        ev: &Events,
+        vq: &mut Virtqueue<Batch>,
+        added: bool,
+        mut used: impl FnMut(KBox<Batch>),
+    ) -> Settled {
+        if added {
+            vq.kick();
+            counters::add(&ev.counters().kicks, 1);
+        }
+        if vq.in_flight() == 0 {
+            return Settled::Idle;
+        }
+        let Some(first) = self.wait_used(ev, vq) else {
+            return Settled::HostTimeout;
+        };
+        let mut next = Some(first);
+        while let Some(batch) = next {
+            used(batch);
+            next = vq.get_used().map(|u| check_used(ev, u));
+        }
+        Settled::Used
+    }
+
     /// The next page for the balloon: from a whole block while at least a block's worth is
     /// wanted and free blocks are left, otherwise on its own.
     fn alloc_page(
@@ -381,26 +418,23 @@ impl TargetPart {
                     }
                 }
             }
-            if added {
-                st.inflate_vq.kick();
-                counters::add(&c.kicks, 1);
-            }
-            if st.inflate_vq.in_flight() == 0 {
-                return stop;
-            }
-            let Some(first) = self.wait_used(ev, &mut st.inflate_vq) else {
-                return Stop::HostTimeout;
-            };
-            let mut next = Some(first);
-            while let Some(mut batch) = next {
-                let n = batch.pages.len() as u64;
-                st.pages.append(&mut batch.pages);
+            let TargetState {
+                inflate_vq,
+                pool,
+                pages,
+                ..
+            } = &mut *st;
+            // The host has the pages now: into the balloon.
+            match self.settle(ev, inflate_vq, added, |mut batch| {
+                counters::add(&c.inflated, batch.pages.len() as u64);
+                pages.append(&mut batch.pages);
                 batch.pfns.clear();
-                st.pool.put(batch);
-                counters::add(&c.inflated, n);
-                next = st.inflate_vq.get_used().map(|used| check_used(ev, used));
+                pool.put(batch);
+            }) {
+                Settled::Idle => return stop,
+                Settled::HostTimeout => return Stop::HostTimeout,
+                Settled::Used => counters::set(&c.pages, st.pages.len() as u64),
             }
-            counters::set(&c.pages, st.pages.len() as u64);
         }
     }
 
@@ -450,24 +484,19 @@ impl TargetPart {
                     }
                 }
             }
-            if added {
-                st.deflate_vq.kick();
-                counters::add(&c.kicks, 1);
-            }
-            if st.deflate_vq.in_flight() == 0 {
-                return stop;
-            }
-            let Some(first) = self.wait_used(ev, &mut st.deflate_vq) else {
-                return Stop::HostTimeout;
-            };
-            let mut next = Some(first);
-            while let Some(mut batch) = next {
+            let TargetState {
+                deflate_vq, pool, ..
+            } = &mut *st;
+            // The host knows: the pages go back to the guest.
+            match self.settle(ev, deflate_vq, added, |mut batch| {
                 counters::add(&c.deflated, batch.pages.len() as u64);
                 batch.release();
-                st.pool.put(batch);
-                next = st.deflate_vq.get_used().map(|used| check_used(ev, used));
+                pool.put(batch);
+            }) {
+                Settled::Idle => return stop,
+                Settled::HostTimeout => return Stop::HostTimeout,
+                Settled::Used => counters::set(&c.pages, st.pages.len() as u64),
             }
-            counters::set(&c.pages, st.pages.len() as u64);
         }
     }
 }
