@@ -242,3 +242,489 @@ mod stats {
         }
     }
 }
+
+mod records {
+    use crate::proto::hint::Range;
+    use crate::proto::records::{
+        decode, encode, DecodeError, Summary, MAX_BITMAP_BITS, MAX_BUFFER_BYTES, OVERHEAD_BYTES,
+        TYPE_BITMAP, TYPE_LIST, TYPE_RUN,
+    };
+    use proptest::prelude::*;
+    use std::vec::Vec;
+
+    /// Sorted, disjoint, non-adjacent ranges from (gap, length) pairs.
+    fn ranges_from(start: u64, steps: &[(u64, u64)]) -> Vec<Range> {
+        let mut at = start;
+        let mut out: Vec<Range> = Vec::new();
+        for &(gap, len) in steps {
+            at += gap + 1;
+            out.push(Range {
+                pfn: at,
+                pages: len,
+            });
+            at += len;
+        }
+        out
+    }
+
+    /// Encodes everything into as many buffers as it takes.
+    fn encode_all(ranges: &[Range]) -> Vec<Vec<u8>> {
+        let mut bufs = Vec::new();
+        let mut rest = ranges;
+        while !rest.is_empty() {
+            let mut b = std::vec![0u8; MAX_BUFFER_BYTES];
+            let e = encode(rest, &mut b);
+            assert!(e.ranges > 0 && e.bytes > 0, "no progress");
+            b.truncate(e.bytes);
+            bufs.push(b);
+            rest = &rest[e.ranges..];
+        }
+        bufs
+    }
+
+    fn decode_all(bufs: &[Vec<u8>], limit: u64) -> Vec<Range> {
+        let mut out: Vec<Range> = Vec::new();
+        for b in bufs {
+            decode(b, limit, |r| match out.last_mut() {
+                Some(l) if l.end() == r.pfn => l.pages += r.pages,
+                _ => out.push(r),
+            })
+            .expect("own encoding rejected");
+        }
+        out
+    }
+
+    fn header(nr: u16) -> Vec<u8> {
+        let mut b = std::vec![1u8, 0];
+        b.extend_from_slice(&nr.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b
+    }
+
+    fn record(b: &mut Vec<u8>, ty: u8, count: u32, pfn: u64) {
+        b.push(ty);
+        b.extend_from_slice(&[0; 3]);
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(&pfn.to_le_bytes());
+    }
+
+    fn ranges_of(b: &[u8], limit: u64) -> Result<Vec<Range>, DecodeError> {
+        let mut out = Vec::new();
+        decode(b, limit, |r| out.push(r)).map(|_| out)
+    }
+
+    #[test]
+    fn long_runs_are_runs_dense_pages_a_bitmap_sparse_pages_a_list() {
+        // One 4 MiB run, then every other page of 256 pages, then 10 pages 1000 frames apart.
+        let mut r = std::vec![Range {
+            pfn: 1 << 20,
+            pages: 1024
+        }];
+        r.extend(ranges_from((1 << 20) + 2048, &[(1, 1); 128]));
+        r.extend(ranges_from(1 << 24, &[(999, 1); 10]));
+        let bufs = encode_all(&r);
+        assert_eq!(bufs.len(), 1);
+        let mut b = std::vec![0u8; MAX_BUFFER_BYTES];
+        let e = encode(&r, &mut b);
+        assert_eq!((e.runs, e.bitmaps, e.lists), (1, 1, 1), "{e:?}");
+        assert_eq!(decode_all(&bufs, u64::MAX), r);
+    }
+
+    #[test]
+    fn hostile_buffers_are_rejected() {
+        let limit = 1 << 20;
+        let mut ok = header(1);
+        record(&mut ok, TYPE_RUN, 4, 100);
+        assert_eq!(
+            ranges_of(&ok, limit),
+            Ok(std::vec![Range { pfn: 100, pages: 4 }])
+        );
+        let cases: Vec<(&str, Vec<u8>, DecodeError)> = std::vec![
+            ("empty", Vec::new(), DecodeError::Truncated),
+            ("short header", ok[..5].to_vec(), DecodeError::Truncated),
+            (
+                "truncated record",
+                ok[..20].to_vec(),
+                DecodeError::Truncated
+            ),
+            (
+                "version",
+                {
+                    let mut b = ok.clone();
+                    b[0] = 2;
+                    b
+                },
+                DecodeError::Version
+            ),
+            (
+                "reserved header",
+                {
+                    let mut b = ok.clone();
+                    b[5] = 1;
+                    b
+                },
+                DecodeError::Reserved
+            ),
+            (
+                "reserved record",
+                {
+                    let mut b = ok.clone();
+                    b[9] = 1;
+                    b
+                },
+                DecodeError::Reserved
+            ),
+            (
+                "type",
+                {
+                    let mut b = ok.clone();
+                    b[8] = 9;
+                    b
+                },
+                DecodeError::Type
+            ),
+            (
+                "count zero",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_RUN, 0, 1);
+                    b
+                },
+                DecodeError::Count
+            ),
+            (
+                "overflow",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_RUN, 2, u64::MAX);
+                    b
+                },
+                DecodeError::Overflow
+            ),
+            (
+                "beyond memory",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_RUN, 2, limit - 1);
+                    b
+                },
+                DecodeError::Beyond
+            ),
+            (
+                "overlap",
+                {
+                    let mut b = header(2);
+                    record(&mut b, TYPE_RUN, 4, 100);
+                    record(&mut b, TYPE_RUN, 4, 103);
+                    b
+                },
+                DecodeError::Order
+            ),
+            (
+                "descending",
+                {
+                    let mut b = header(2);
+                    record(&mut b, TYPE_RUN, 4, 100);
+                    record(&mut b, TYPE_RUN, 4, 10);
+                    b
+                },
+                DecodeError::Order
+            ),
+            (
+                "bitmap too long",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_BITMAP, MAX_BITMAP_BITS + 1, 0);
+                    b.resize(b.len() + (MAX_BITMAP_BITS as usize + 64) / 8, 0);
+                    b
+                },
+                DecodeError::Count
+            ),
+            (
+                "bitmap tail",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_BITMAP, 3, 0);
+                    b.extend_from_slice(&0b1001u64.to_le_bytes());
+                    b
+                },
+                DecodeError::BitmapTail
+            ),
+            (
+                "bitmap truncated",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_BITMAP, 65, 0);
+                    b.extend_from_slice(&1u64.to_le_bytes());
+                    b
+                },
+                DecodeError::Truncated
+            ),
+            (
+                "list not ascending",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_LIST, 2, 0);
+                    b.extend_from_slice(&5u32.to_le_bytes());
+                    b.extend_from_slice(&5u32.to_le_bytes());
+                    b
+                },
+                DecodeError::Order
+            ),
+            (
+                "list padding",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_LIST, 1, 0);
+                    b.extend_from_slice(&5u32.to_le_bytes());
+                    b.extend_from_slice(&1u32.to_le_bytes());
+                    b
+                },
+                DecodeError::Reserved
+            ),
+            (
+                "list offset overflow",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_LIST, 1, u64::MAX - 2);
+                    b.extend_from_slice(&7u32.to_le_bytes());
+                    b.extend_from_slice(&[0; 4]);
+                    b
+                },
+                DecodeError::Overflow
+            ),
+            (
+                "list huge count",
+                {
+                    let mut b = header(1);
+                    record(&mut b, TYPE_LIST, u32::MAX, 0);
+                    b
+                },
+                DecodeError::Truncated
+            ),
+            (
+                "fewer records",
+                {
+                    let mut b = header(2);
+                    record(&mut b, TYPE_RUN, 4, 100);
+                    b
+                },
+                DecodeError::Truncated
+            ),
+            (
+                "trailing",
+                {
+                    let mut b = ok.clone();
+                    b.extend_from_slice(&[0; 8]);
+                    b
+                },
+                DecodeError::Trailing
+            ),
+        ];
+        for (name, b, want) in cases {
+            let mut seen = 0;
+            let got = decode(&b, limit, |_| seen += 1);
+            assert_eq!(got, Err(want), "{name}");
+            assert_eq!(seen, 0, "{name}: ranges handed out from a rejected buffer");
+        }
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        // Gaps from adjacent-but-one to far apart, lengths from single pages to long runs.
+        proptest::collection::vec(
+            (
+                prop_oneof![0u64..4, 0u64..200, 0u64..100_000],
+                prop_oneof![1u64..4, 1u64..20, 1u64..5000],
+            ),
+            1..800,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn encode_then_decode_gives_the_same_pages(start in 0u64..(1 << 31), s in steps()) {
+            let r = ranges_from(start, &s);
+            prop_assume!(r.last().is_some_and(|l| l.end() < 1 << 32));
+            let bufs = encode_all(&r);
+            prop_assert_eq!(decode_all(&bufs, 1 << 32), r);
+        }
+
+        #[test]
+        fn never_larger_than_the_standard_format_plus_a_constant(start in 0u64..(1 << 31), s in steps()) {
+            let r = ranges_from(start, &s);
+            prop_assume!(r.last().is_some_and(|l| l.end() < 1 << 32));
+            let bufs = encode_all(&r);
+            let pages: u64 = r.iter().map(|x| x.pages).sum();
+            let bytes: usize = bufs.iter().map(Vec::len).sum();
+            prop_assert!(
+                bytes <= pages as usize * 4 + OVERHEAD_BYTES * bufs.len(),
+                "{} bytes in {} buffers for {} pages", bytes, bufs.len(), pages
+            );
+        }
+
+        #[test]
+        fn mutated_buffers_never_yield_bad_ranges(s in steps(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), cut in any::<usize>()) {
+            let r = ranges_from(0, &s);
+            let limit = r.last().map_or(1, |l| l.end());
+            let mut b = encode_all(&r).swap_remove(0);
+            for (at, v) in flips {
+                let n = b.len();
+                b[at % n] ^= v;
+            }
+            if cut % 4 == 0 {
+                b.truncate(cut % (b.len() + 1));
+            }
+            let mut got: Vec<Range> = Vec::new();
+            if let Ok(sum) = decode(&b, limit, |x| got.push(x)) {
+                // Whatever is accepted is well formed: ascending, disjoint, below the limit.
+                for w in got.windows(2) {
+                    prop_assert!(w[0].end() <= w[1].pfn);
+                }
+                prop_assert!(got.iter().all(|x| x.pages > 0 && x.end() <= limit));
+                let pages: u64 = got.iter().map(|x| x.pages).sum();
+                let Summary { pages: claimed, .. } = sum;
+                prop_assert_eq!(pages, claimed);
+            }
+        }
+
+        #[test]
+        fn small_buffers_make_progress(s in steps(), size in 40usize..200) {
+            let r: Vec<Range> = ranges_from(0, &s).into_iter().filter(|x| x.pages < 30).collect();
+            let mut rest = &r[..];
+            while !rest.is_empty() {
+                let mut b = std::vec![0u8; size];
+                let e = encode(rest, &mut b);
+                prop_assert!(e.ranges > 0, "stuck with {} bytes", size);
+                let ok = decode(&b[..e.bytes], u64::MAX, |_| {}).is_ok();
+                prop_assert!(ok, "own encoding rejected");
+                rest = &rest[e.ranges..];
+            }
+        }
+    }
+}
+
+/// The golden vectors in `tests/vectors/`: byte files that both these tests and our QEMU's parser
+/// test decode. `NAME.bin` is a buffer; `NAME.ranges` lists the ranges it decodes to (`pfn pages`
+/// per line, with the limit on the first line as `limit N`), or `NAME.err` names the error it
+/// must be rejected with. `VBRS_WRITE_VECTORS=1 cargo test` writes them again.
+mod vectors {
+    use crate::proto::hint::Range;
+    use crate::proto::records::{decode, encode, MAX_BUFFER_BYTES};
+    use std::{format, fs, path::PathBuf, string::String, vec::Vec};
+
+    const LIMIT: u64 = 1 << 22;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors")
+    }
+
+    fn enc(r: &[Range]) -> Vec<u8> {
+        let mut b = std::vec![0u8; MAX_BUFFER_BYTES];
+        let e = encode(r, &mut b);
+        assert_eq!(e.ranges, r.len());
+        b.truncate(e.bytes);
+        b
+    }
+
+    fn raw(nr: u16, recs: &[(u8, u32, u64, &[u8])]) -> Vec<u8> {
+        let mut b = std::vec![1u8, 0];
+        b.extend_from_slice(&nr.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        for (ty, count, pfn, payload) in recs {
+            b.push(*ty);
+            b.extend_from_slice(&[0; 3]);
+            b.extend_from_slice(&count.to_le_bytes());
+            b.extend_from_slice(&pfn.to_le_bytes());
+            b.extend_from_slice(payload);
+        }
+        b
+    }
+
+    fn r(pfn: u64, pages: u64) -> Range {
+        Range { pfn, pages }
+    }
+
+    /// The vectors: valid ones from the encoder, hostile ones by hand.
+    fn all() -> Vec<(&'static str, Vec<u8>)> {
+        let every_other: Vec<Range> = (0..300).map(|i| r(0x1000 + 2 * i, 1)).collect();
+        let sparse: Vec<Range> = (0..40).map(|i| r(0x20000 + 977 * i, 1 + i % 3)).collect();
+        let mut mixed = std::vec![r(0x100, 512)];
+        mixed.extend((0..64).map(|i| r(0x400 + 3 * i, 2)));
+        mixed.extend((0..12).map(|i| r(0x9000 + 5000 * i, 1)));
+        mixed.push(r(0x3f_0000, 0x1_0000));
+        std::vec![
+            ("run-single", enc(&[r(0x1234, 1)])),
+            ("run-2mib", enc(&[r(0x200, 512)])),
+            ("bitmap-every-other", enc(&every_other)),
+            ("list-sparse", enc(&sparse)),
+            ("mixed", enc(&mixed)),
+            ("bad-version", {
+                let mut b = enc(&[r(1, 16)]);
+                b[0] = 2;
+                b
+            }),
+            ("bad-truncated", {
+                let b = enc(&every_other);
+                b[..b.len() - 3].to_vec()
+            }),
+            (
+                "bad-overlap",
+                raw(2, &[(1, 16, 100, &[]), (1, 16, 110, &[])])
+            ),
+            ("bad-beyond", raw(1, &[(1, 16, LIMIT - 8, &[])])),
+            ("bad-overflow", raw(1, &[(1, 16, u64::MAX - 8, &[])])),
+            ("bad-count-zero", raw(1, &[(1, 0, 100, &[])])),
+            (
+                "bad-bitmap-tail",
+                raw(1, &[(2, 4, 100, &0x11u64.to_le_bytes())])
+            ),
+            (
+                "bad-list-order",
+                raw(1, &[(3, 2, 100, &[3, 0, 0, 0, 2, 0, 0, 0])])
+            ),
+            ("bad-type", raw(1, &[(7, 1, 100, &[])])),
+            ("bad-trailing", {
+                let mut b = enc(&[r(1, 16)]);
+                b.extend_from_slice(&[0; 8]);
+                b
+            }),
+        ]
+    }
+
+    fn expected(b: &[u8]) -> String {
+        let mut out = Vec::new();
+        match decode(b, LIMIT, |x| out.push(x)) {
+            Ok(_) => {
+                let mut s = format!("limit {LIMIT}\n");
+                for x in out {
+                    s += &format!("{} {}\n", x.pfn, x.pages);
+                }
+                s
+            }
+            Err(e) => format!("{e:?}\n"),
+        }
+    }
+
+    #[test]
+    fn golden_vectors_decode_as_recorded() {
+        let write = std::env::var_os("VBRS_WRITE_VECTORS").is_some();
+        for (name, bytes) in all() {
+            let bad = name.starts_with("bad-");
+            let want = expected(&bytes);
+            assert_eq!(bad, !want.starts_with("limit"), "{name}: {want}");
+            let bin = dir().join(format!("{name}.bin"));
+            let txt = dir().join(format!("{name}.{}", if bad { "err" } else { "ranges" }));
+            if write {
+                fs::create_dir_all(dir()).unwrap();
+                fs::write(&bin, &bytes).unwrap();
+                fs::write(&txt, &want).unwrap();
+            }
+            let on_disk = fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+            assert_eq!(on_disk, bytes, "{name}: the vector changed");
+            let recorded = fs::read_to_string(&txt).unwrap();
+            assert_eq!(expected(&on_disk), recorded, "{name}");
+        }
+    }
+}
