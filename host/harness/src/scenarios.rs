@@ -100,17 +100,17 @@ const OURS: &[Qemu] = &[Qemu::Ours];
 const BOTH: &[Qemu] = &[Qemu::Debian, Qemu::Ours];
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario::new("load_unload", 512, load_unload),
+    Scenario::new("load_unload", 512, load_unload).mmio(),
     Scenario::new("modalias_autoload", 512, modalias_autoload),
     Scenario::new("inflate_deflate", 1024, inflate_deflate).mmio(),
-    Scenario::new("reverse_mid_inflate", 1024, reverse_mid_inflate),
+    Scenario::new("reverse_mid_inflate", 1024, reverse_mid_inflate).mmio(),
     Scenario::new("unload_inflated", 1024, unload_inflated).mmio(),
     Scenario::new("unbind_rebind_inflated", 1024, unbind_rebind_inflated).mmio(),
     // Ours only: the C driver inflates down to the min watermark, and a guest with nothing
     // killable then panics ("System is deadlocked on memory") at its next allocation.
     Scenario::new("target_beyond_guest", 512, target_beyond_guest).ours_only(),
     Scenario::new("unload_while_moving", 1024, unload_while_moving).mmio(),
-    Scenario::new("repeated_cycles", 1024, repeated_cycles),
+    Scenario::new("repeated_cycles", 1024, repeated_cycles).mmio(),
     Scenario::new("statistics", 1024, statistics).mmio(),
     Scenario::new("suspend_resume", 1024, suspend_resume).mmio(),
     Scenario::new("suspend_during_hint_round", 1024, suspend_during_hint_round).hint(),
@@ -120,30 +120,38 @@ const SCENARIOS: &[Scenario] = &[
         .mmio(),
     Scenario::new("migrate_idle_hint", 1024, migrate_idle)
         .hint()
-        .on(BOTH),
-    Scenario::new("migrate_after_workload", 1024, migrate_after_workload).on(BOTH),
+        .on(BOTH)
+        .mmio(),
+    Scenario::new("migrate_after_workload", 1024, migrate_after_workload)
+        .on(BOTH)
+        .mmio(),
     Scenario::new("migrate_after_workload_hint", 1024, migrate_after_workload)
         .hint()
         .on(BOTH)
         .mmio(),
-    Scenario::new("migrate_during_churn", 1024, migrate_during_churn).on(BOTH),
+    Scenario::new("migrate_during_churn", 1024, migrate_during_churn)
+        .on(BOTH)
+        .mmio(),
     Scenario::new("migrate_during_churn_hint", 1024, migrate_during_churn)
         .hint()
-        .on(BOTH),
+        .on(BOTH)
+        .mmio(),
     Scenario::new(
         "migrate_inflate_during_hint",
         1024,
         migrate_inflate_during_hint,
     )
     .hint()
-    .on(BOTH),
+    .on(BOTH)
+    .mmio(),
     Scenario::new(
         "migrate_cancel_unload_hint",
         1024,
         migrate_cancel_unload_hint,
     )
     .hint()
-    .on(BOTH),
+    .on(BOTH)
+    .mmio(),
     // Hardened guests: free pages hold the poison pattern or zeroes, which hinted blocks get
     // again before they go back to the allocator. Our QEMU only: rewriting every hinted block
     // mid-migration exposes Debian's QEMU's TCG dirty-tracking bug (a destination kernel died
@@ -982,7 +990,7 @@ fn run_one(s: &Scenario, d: Driver, q: Qemu, t: Transport) -> Vec<Outcome> {
     all
 }
 
-/// Runs the workspace's unit tests and returns their outcome.
+/// Runs the workspace's unit tests and our QEMU's, and returns their outcome.
 fn unit_tests() -> Outcome {
     eprintln!("[vbrs] unit tests: cargo test --workspace --release");
     let out = Command::new("cargo")
@@ -990,7 +998,7 @@ fn unit_tests() -> Outcome {
         .current_dir(crate::paths::top())
         .output();
     let (mut passed, mut failed) = (0u64, 0u64);
-    let text = match out {
+    let mut text = match out {
         Ok(o) => {
             String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
         }
@@ -1007,6 +1015,31 @@ fn unit_tests() -> Outcome {
             };
             passed += num("passed");
             failed += num("failed");
+        }
+    }
+    // Our QEMU's unit test of the page-records parser, against the same golden vectors.
+    let qtest = crate::paths::top().join("build/qemu/test-virtio-balloon-records");
+    match Command::new(&qtest)
+        .arg("--tap")
+        .env(
+            "VIRTIO_BALLOON_VECTORS",
+            crate::paths::top().join("tests/vectors"),
+        )
+        .output()
+    {
+        Ok(o) => {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let ok = out.lines().filter(|l| l.starts_with("ok ")).count() as u64;
+            let bad = out.lines().filter(|l| l.starts_with("not ok")).count() as u64;
+            passed += ok;
+            failed += bad + u64::from(!o.status.success() || ok == 0);
+            if bad > 0 || !o.status.success() {
+                text += &out;
+            }
+        }
+        Err(e) => {
+            failed += 1;
+            text += &format!("cannot run {}: {e}\n", qtest.display());
         }
     }
     let ok = failed == 0 && passed > 0;
