@@ -66,6 +66,8 @@ pub(crate) struct Counters {
     pub(crate) hint_restarts: AtomicU64,
     /// Zones a walk left early because they were at their low watermark.
     pub(crate) hint_low_zones: AtomicU64,
+    /// Pages isolated for hints now (in buffers the host has not used yet).
+    pub(crate) hint_isolated: AtomicU64,
     /// Most pages isolated for hints at one moment (at most `hint_bound`).
     pub(crate) hint_isolated_max: AtomicU64,
     /// Pages isolated for hints at one moment, at most: the buffers in flight times the pages
@@ -115,6 +117,7 @@ impl Counters {
         (c_str!("hint_lock_ns_total"), |c| &c.hint_lock_ns_total),
         (c_str!("hint_restarts"), |c| &c.hint_restarts),
         (c_str!("hint_low_zones"), |c| &c.hint_low_zones),
+        (c_str!("hint_isolated"), |c| &c.hint_isolated),
         (c_str!("hint_isolated_max"), |c| &c.hint_isolated_max),
         (c_str!("hint_bound"), |c| &c.hint_bound),
         (c_str!("buffers_made"), |c| &c.buffers_made),

@@ -118,14 +118,14 @@ impl Balloon {
             Counters::TUNABLES,
         );
         let (hinting, stats_on) = (hint_vq.is_some(), stats_vq.is_some());
+        let le = dev.has_feature(features::VERSION_1);
         let hint = match hint_vq {
             Some(vq) => Some(KBox::pin_init(
-                HintPart::new(vq, totalram_pages())?,
+                HintPart::new(vq, totalram_pages(), le)?,
                 GFP_KERNEL,
             )?),
             None => None,
         };
-        let le = dev.has_feature(features::VERSION_1);
         let stats = match stats_vq {
             Some(vq) => Some(KBox::pin_init(StatsPart::new(vq, le)?, GFP_KERNEL)?),
             None => None,
@@ -194,6 +194,11 @@ impl Balloon {
         if queue == STATS_Q {
             self.ev.unless_stopping(|| self.ev.wake_start(WAKE_STATS));
             self.schedule::<STATS_WORK>();
+        } else if queue == FREE_PAGE_Q {
+            // A round waiting for a buffer wakes up; outside a round the work item takes the
+            // used buffers back, so their blocks return to the allocator at once.
+            self.ev.host_wq.wake_up();
+            self.schedule::<HINT_WORK>();
         } else {
             self.ev.host_wq.wake_up();
         }
@@ -213,17 +218,21 @@ impl Balloon {
     }
 
     /// The system suspends. The work items are frozen (they run on the freezable workqueue, and
-    /// the freezer waits for a running one), so nothing uses the queues; the pages stay in the
-    /// balloon. The adapter then resets the device and takes back what is queued.
+    /// the freezer waits for a running one), so nothing else uses the queues. As the C driver
+    /// does, every page goes back to the guest, the host told first: after hibernation the
+    /// guest may resume on a host that never saw them. The adapter then resets the device and
+    /// takes back what is queued (the hinting round's blocks with it).
     pub(crate) fn freeze(&self) {
         counters::add(&self.ev.counters().freezes, 1);
+        self.target.drain(&self.ev);
         if let Some(hint) = &self.hint {
             hint.freeze();
         }
     }
 
-    /// The system resumed with the device reset and its queues back: report the balloon's size,
-    /// queue the statistics buffer, and follow the target and the hinting command again.
+    /// The system resumed with the device reset and its queues back: report the balloon's size
+    /// (empty), queue the statistics buffer, and follow the target (inflating again) and the
+    /// hinting command.
     pub(crate) fn restore(self: &Arc<Self>) {
         counters::add(&self.ev.counters().restores, 1);
         self.target.resume(&self.ev);

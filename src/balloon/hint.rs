@@ -94,6 +94,8 @@ struct HintState {
     buffer_pages: u64,
     /// Blocks one buffer holds at most: each takes a ring descriptor (no indirect descriptors).
     max_blocks: usize,
+    /// Command ids are little-endian (virtio 1.0), else in the guest's order (legacy).
+    le: bool,
 }
 
 impl HintState {
@@ -119,7 +121,11 @@ pub(crate) struct HintPart {
 
 impl HintPart {
     /// Sets up hinting on the free page queue, for a guest of `total_pages`.
-    pub(crate) fn new(vq: Virtqueue<HintBuf>, total_pages: u64) -> Result<impl PinInit<Self>> {
+    pub(crate) fn new(
+        vq: Virtqueue<HintBuf>,
+        total_pages: u64,
+        le: bool,
+    ) -> Result<impl PinInit<Self>> {
         let ring = vq.ring_size() as usize;
         // Every buffer fits the ring even when all its blocks are apart (one descriptor each).
         let n = HINT_BUFFERS.min(ring / MAX_BLOCKS).max(2);
@@ -133,6 +139,7 @@ impl HintPart {
                 isolated: 0,
                 buffer_pages: buffer_pages(total_pages),
                 max_blocks,
+                le,
             }),
         }))
     }
@@ -176,10 +183,18 @@ impl HintPart {
                 return;
             };
             match st.rounds.on_command(raw) {
-                Action::Nothing | Action::End => return,
-                Action::Done => {
-                    // The host no longer needs hints; the driver holds no memory for them.
-                    counters::add(&ev.counters().hint_done, 1);
+                Action::Nothing | Action::End | Action::Done => {
+                    if raw == crate::proto::hint::CMD_ID_DONE {
+                        // The host no longer needs hints.
+                        counters::add(&ev.counters().hint_done, 1);
+                    }
+                    // Buffers still out (the host used them, or has not looked at them since a
+                    // migration moved the ring): ask the host to look; their blocks come back
+                    // when it uses them, which runs this again.
+                    if st.vq.in_flight() > 0 {
+                        st.vq.notify();
+                    }
+                    counters::set(&ev.counters().hint_isolated, st.isolated);
                     return;
                 }
                 Action::Start(id) => self.round(ev, st, id),
@@ -205,7 +220,7 @@ impl HintPart {
     ) -> core::result::Result<KBox<HintBuf>, RoundEnd> {
         loop {
             self.reclaim(ev, st);
-            if let Some(buf) = st.pool.take(&st.vq, &ev.counters().buffers_made) {
+            if let Some(buf) = st.pool.take(st.vq.in_flight(), &ev.counters().buffers_made) {
                 return Ok(buf);
             }
             // Buffers queued just before a live migration sit on the destination's ring unseen:
@@ -251,7 +266,11 @@ impl HintPart {
             Ok(buf) => buf,
             Err(end) => return end,
         };
-        buf.cmd = id.to_le_bytes();
+        buf.cmd = if st.le {
+            id.to_le_bytes()
+        } else {
+            id.to_ne_bytes()
+        };
         buf.is_cmd = true;
         match st.vq.add(buf) {
             Ok(()) => {
@@ -303,6 +322,7 @@ impl HintPart {
                 Ok(()) => {
                     st.vq.kick();
                     st.isolated += pages;
+                    counters::set(&c.hint_isolated, st.isolated);
                     c.hint_isolated_max
                         .fetch_max(st.isolated, Ordering::Relaxed);
                     counters::add(&c.hint_ranges, ranges);
@@ -358,6 +378,7 @@ fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
         );
     }
     st.isolated = st.isolated.saturating_sub(buf.blocks.pages());
+    counters::set(&ev.counters().hint_isolated, st.isolated);
     st.put(buf);
 }
 

@@ -3,7 +3,7 @@
 //! The buffers of one queue that are not on it.
 
 use super::counters;
-use crate::abstractions::virtio::{Buffer, Virtqueue};
+use crate::abstractions::virtio::Buffer;
 use core::sync::atomic::AtomicU64;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox, KVec},
@@ -34,13 +34,13 @@ impl<B: Buffer> Pool<B> {
         self.slots.len()
     }
 
-    /// A buffer not on `vq`, if the pool has one; made anew (counted in `made`) when fewer than
-    /// the pool's size exist.
-    pub(crate) fn take(&mut self, vq: &Virtqueue<B>, made: &AtomicU64) -> Option<KBox<B>> {
+    /// A buffer, if the pool has one; made anew (counted in `made`) when fewer than the pool's
+    /// size exist, counting the `in_flight` ones on the queues the pool serves.
+    pub(crate) fn take(&mut self, in_flight: usize, made: &AtomicU64) -> Option<KBox<B>> {
         if let Some(buf) = self.slots.iter_mut().find_map(Option::take) {
             return Some(buf);
         }
-        if vq.in_flight() >= self.slots.len() {
+        if in_flight >= self.slots.len() {
             return None;
         }
         let buf = (self.make)().ok()?;

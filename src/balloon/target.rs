@@ -220,7 +220,7 @@ impl TargetPart {
         Next::Again
     }
 
-    /// Gives every page back, telling the host first (device removal).
+    /// Gives every page back, telling the host first (device removal, suspend).
     pub(crate) fn drain(&self, ev: &Events) {
         let mut st = self.state.lock();
         while !st.pages.is_empty() {
@@ -246,7 +246,7 @@ impl TargetPart {
         }
     }
 
-    /// Tells the host how many pages the balloon holds (after resume, the device was reset).
+    /// Tells the host how many pages the balloon holds (none: they went back at suspend).
     pub(crate) fn resume(&self, ev: &Events) {
         let st = self.state.lock();
         self.report(ev, &st);
@@ -379,7 +379,12 @@ impl TargetPart {
                     stop = Stop::NoPages;
                     break;
                 }
-                let Some(mut batch) = st.pool.take(&st.inflate_vq, &c.buffers_made) else {
+                let out = st.inflate_vq.in_flight() + st.deflate_vq.in_flight();
+                let Some(mut batch) = st.pool.take(out, &c.buffers_made) else {
+                    if out == 0 {
+                        // No buffer at all (none could be made): retry with back-off.
+                        stop = Stop::NoPages;
+                    }
                     break;
                 };
                 let start = Ktime::ktime_get();
@@ -457,7 +462,11 @@ impl TargetPart {
                     stop = Stop::NoPages;
                     break;
                 }
-                let Some(mut batch) = st.pool.take(&st.deflate_vq, &c.buffers_made) else {
+                let out = st.inflate_vq.in_flight() + st.deflate_vq.in_flight();
+                let Some(mut batch) = st.pool.take(out, &c.buffers_made) else {
+                    if out == 0 {
+                        stop = Stop::NoPages;
+                    }
                     break;
                 };
                 while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {

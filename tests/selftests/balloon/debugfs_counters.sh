@@ -18,7 +18,7 @@ for f in pages target inflated deflated inflate_descs deflate_descs kicks alloc_
 	blocks alloc_failures floor_stops config_changes host_errors hint_rounds hint_ended hint_aborts \
 	hint_done hint_descs hint_ranges hint_pages hint_round_ns hint_round_ns_total \
 	hint_lock_max_ns hint_lock_holds hint_lock_ns_total hint_restarts hint_low_zones \
-	hint_isolated_max hint_bound buffers_made stats_requests stats_sent freezes restores \
+	hint_isolated hint_isolated_max hint_bound buffers_made stats_requests stats_sent freezes restores \
 	hint_min_order; do
 	[ -r "$dir/$f" ] || missing="$missing $f"
 done
