@@ -423,11 +423,25 @@ impl Guest {
             }
         };
         let cs = connect(&cmd_sock, &mut child)?;
-        let mut qmp = Qmp::new(Stream::new(
-            BufReader::new(qs.try_clone().ctx("qmp socket")?),
-            qs,
-        ));
-        qmp.handshake()
+        // The greeting comes first, except that QEMU 7.2 may write an event that is emitted
+        // while the connection is being set up (an incoming QEMU's `MIGRATION` `setup`) before
+        // it: skip lines up to the greeting.
+        let mut reader = BufReader::new(qs.try_clone().ctx("qmp socket")?);
+        qs.set_read_timeout(Some(Duration::from_secs(60)))
+            .ctx("qmp socket")?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).ctx("QMP greeting")? == 0 {
+                return Err("QMP: connection closed before the greeting".into());
+            }
+            if line.trim_start().starts_with("{\"QMP\"") {
+                break;
+            }
+        }
+        qs.set_read_timeout(None).ctx("qmp socket")?;
+        let mut qmp = Qmp::new(Stream::new(reader, qs));
+        qmp.execute(&qmp::qmp_capabilities { enable: None })
             .map_err(|e| format!("QMP handshake: {e:?}"))?;
         Ok(Guest {
             cfg: cfg.clone(),
