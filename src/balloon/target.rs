@@ -23,6 +23,7 @@ use crate::proto::{
     config::{Step, Target},
     pfn::{PfnArray, PushError, PFNS_PER_DESC, PFN_SHIFT},
 };
+use core::sync::atomic::AtomicU64;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
     new_mutex,
@@ -98,6 +99,20 @@ pub(crate) struct TargetState {
     /// What has been logged since the target was last reached, so each problem logs once.
     warned_clamp: bool,
     warned_oom: bool,
+}
+
+impl TargetState {
+    /// A batch not in flight on either queue, or why there is none: `Stop::Done` when all are
+    /// in flight (wait for the host), `Stop::NoPages` when none exists at all (none could be
+    /// made: retry with back-off).
+    fn take_batch(&mut self, made: &AtomicU64) -> core::result::Result<KBox<Batch>, Stop> {
+        let out = self.inflate_vq.in_flight() + self.deflate_vq.in_flight();
+        match self.pool.take(out, made) {
+            Some(batch) => Ok(batch),
+            None if out == 0 => Err(Stop::NoPages),
+            None => Err(Stop::Done),
+        }
+    }
 }
 
 /// Why a pass over the queues ended before moving every page asked for.
@@ -379,13 +394,12 @@ impl TargetPart {
                     stop = Stop::NoPages;
                     break;
                 }
-                let out = st.inflate_vq.in_flight() + st.deflate_vq.in_flight();
-                let Some(mut batch) = st.pool.take(out, &c.buffers_made) else {
-                    if out == 0 {
-                        // No buffer at all (none could be made): retry with back-off.
-                        stop = Stop::NoPages;
+                let mut batch = match st.take_batch(&c.buffers_made) {
+                    Ok(batch) => batch,
+                    Err(why) => {
+                        stop = why;
+                        break;
                     }
-                    break;
                 };
                 let start = Ktime::ktime_get();
                 while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {
@@ -462,12 +476,12 @@ impl TargetPart {
                     stop = Stop::NoPages;
                     break;
                 }
-                let out = st.inflate_vq.in_flight() + st.deflate_vq.in_flight();
-                let Some(mut batch) = st.pool.take(out, &c.buffers_made) else {
-                    if out == 0 {
-                        stop = Stop::NoPages;
+                let mut batch = match st.take_batch(&c.buffers_made) {
+                    Ok(batch) => batch,
+                    Err(why) => {
+                        stop = why;
+                        break;
                     }
-                    break;
                 };
                 while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {
                     let Some(page) = st.pages.pop() else {

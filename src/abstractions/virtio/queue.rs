@@ -257,10 +257,9 @@ impl<B: Buffer> Virtqueue<B> {
         }
         // The core copies the entries into the ring; out entries point into the box, in entries
         // describe memory the box owns until the buffer comes back.
-        // SAFETY: `vq` is live and the lock serialises queue operations; `sg` holds `num`
-        // initialised entries (checked above, or by `DeviceWritable`'s contract); the token is
-        // the box's pointer, which stays valid until the queue gives it back. `GFP_ATOMIC`: we
-        // hold a spinlock.
+        // SAFETY: `vq` is live, the lock serialises queue operations; `sg` has `num` initialised
+        // entries (checked above, or by `DeviceWritable`); the token is the box's pointer, valid
+        // until the queue gives it back; `GFP_ATOMIC` as we hold a spinlock.
         let ret = unsafe {
             if out {
                 bindings::virtqueue_add_outbuf(
