@@ -609,6 +609,105 @@ mod records {
 /// test decode. `NAME.bin` is a buffer; `NAME.ranges` lists the ranges it decodes to (`pfn pages`
 /// per line, with the limit on the first line as `limit N`), or `NAME.err` names the error it
 /// must be rejected with. `VBRS_WRITE_VECTORS=1 cargo test` writes them again.
+mod collector {
+    use crate::proto::hint::Range;
+    use crate::proto::records::{decode, Collector, MAX_BUFFER_BYTES, RANGES_PER_BUFFER};
+    use proptest::prelude::*;
+    use std::{collections::BTreeSet, vec::Vec};
+
+    /// Collects `frames` (distinct) into as many buffers as it takes, then decodes them all.
+    fn roundtrip(frames: &[u64]) -> (Vec<u64>, usize) {
+        let mut ranges = std::vec![Range { pfn: 0, pages: 0 }; RANGES_PER_BUFFER];
+        let mut got = Vec::new();
+        let mut buffers = 0;
+        let mut c = Collector::new();
+        let flush = |c: &mut Collector, ranges: &mut Vec<Range>, got: &mut Vec<u64>| {
+            let pages = c.pages();
+            let mut out = std::vec![0u8; MAX_BUFFER_BYTES];
+            let (enc, n) = c.finish(ranges, &mut out);
+            assert_eq!(enc.ranges, n, "a collected range was not encoded");
+            assert!(enc.bytes <= MAX_BUFFER_BYTES);
+            let sum = decode(&out[..enc.bytes], u64::MAX, |r| {
+                got.extend(r.pfn..r.end());
+            })
+            .expect("own encoding rejected");
+            assert_eq!(sum.pages, pages);
+            assert!(c.is_empty());
+        };
+        for &f in frames {
+            if !c.push(&mut ranges, f) {
+                flush(&mut c, &mut ranges, &mut got);
+                buffers += 1;
+                assert!(c.push(&mut ranges, f), "an empty collector refused a frame");
+            }
+        }
+        if !c.is_empty() {
+            flush(&mut c, &mut ranges, &mut got);
+            buffers += 1;
+        }
+        got.sort_unstable();
+        (got, buffers)
+    }
+
+    proptest! {
+        #[test]
+        fn every_frame_arrives_once(set in prop::collection::btree_set(0u64..200_000, 0..6000),
+                                    seed in any::<u64>()) {
+            // In a scrambled order, as pages leave a stack.
+            let mut frames: Vec<u64> = set.iter().copied().collect();
+            let n = frames.len();
+            let mut x = seed | 1;
+            for i in (1..n).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                frames.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let (got, _) = roundtrip(&frames);
+            prop_assert_eq!(got, set.into_iter().collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn blocks_fill_few_buffers(blocks in prop::collection::btree_set(0u64..100_000, 1..400),
+                                   down in any::<bool>()) {
+            // 2 MiB blocks, their frames pushed up (inflate) or down (deflate pops a stack).
+            let mut frames = Vec::new();
+            for b in &blocks {
+                let base = b * 512;
+                if down {
+                    frames.extend((base..base + 512).rev());
+                } else {
+                    frames.extend(base..base + 512);
+                }
+            }
+            let (got, buffers) = roundtrip(&frames);
+            prop_assert_eq!(got.len(), frames.len());
+            prop_assert_eq!(buffers, 1);
+        }
+    }
+
+    #[test]
+    fn refuses_before_overflow() {
+        // Frames two apart: every one a range of its own, the costliest case per frame.
+        let mut ranges = std::vec![Range { pfn: 0, pages: 0 }; RANGES_PER_BUFFER];
+        let mut c = Collector::new();
+        let mut n = 0u64;
+        while c.push(&mut ranges, 2 * n) {
+            n += 1;
+        }
+        assert!(n as usize <= RANGES_PER_BUFFER);
+        // More than the standard format's 256 frames a buffer.
+        assert!(n > 1000, "only {n} frames");
+        let mut out = std::vec![0u8; MAX_BUFFER_BYTES];
+        let (enc, merged) = c.finish(&mut ranges, &mut out);
+        assert_eq!(enc.ranges, merged);
+        let mut seen = BTreeSet::new();
+        decode(&out[..enc.bytes], u64::MAX, |r| {
+            seen.extend(r.pfn..r.end());
+        })
+        .unwrap();
+        assert_eq!(seen.len() as u64, n);
+    }
+}
+
 mod vectors {
     use crate::proto::hint::Range;
     use crate::proto::records::{decode, encode, MAX_BUFFER_BYTES};

@@ -2,10 +2,12 @@
 
 //! Free blocks lent by the buddy allocator for free page hinting (`mm/page_hinting.c`).
 //!
-//! [`HintWalk`] is mm's walk over the free lists of every populated zone, highest order first.
-//! [`HintBlocks::isolate`] asks mm for the next free blocks: mm takes them off its free lists
-//! under the zone's lock (one hold, at most `PAGE_HINTING_BATCH` list entries, never below the
-//! zone's low watermark) and hands them over. From then on the blocks are owned by the
+//! [`HintWalk`] is mm's walk over the free memory of every populated zone, the highest zone
+//! first and each from its top frame down (live migration sends memory from the bottom up, so
+//! the first hints name what it reaches last). [`HintBlocks::isolate`] asks mm for the next
+//! free blocks: mm takes them off its free lists under the zone's lock (one hold, a bounded
+//! number of frames and at most `PAGE_HINTING_BATCH` blocks, never below the zone's low
+//! watermark) and hands them over. From then on the blocks are owned by the
 //! [`HintBlocks`] that holds them: nobody can allocate, and so write, them while a device acts
 //! on the hint. Dropping the [`HintBlocks`] (or [`HintBlocks::release`]) gives them back to the
 //! tail of their free lists; mm writes the poison pattern or zeroes into them first when page
@@ -27,7 +29,7 @@ use kernel::{
     prelude::*,
 };
 
-/// Blocks one [`HintBlocks`] holds, at most (also the entries visited per lock hold).
+/// Blocks one [`HintBlocks`] holds, at most (also the blocks isolated per lock hold).
 pub(crate) const MAX_BLOCKS: usize = bindings::PAGE_HINTING_BATCH as usize;
 
 /// Pages of the largest free block (`MAX_ORDER_NR_PAGES`).
@@ -44,13 +46,11 @@ pub(crate) struct WalkStats {
     pub(crate) holds: u64,
     /// Time the zone locks were held, all holds together, in nanoseconds.
     pub(crate) total_hold_ns: u64,
-    /// Times a list's end mark was lost (allocated or merged) and set again.
-    pub(crate) restarts: u64,
     /// Zones left early because they were at their low watermark.
     pub(crate) low_zones: u64,
 }
 
-/// mm's walk over the free lists of every populated zone (`struct page_hinting_walk`).
+/// mm's walk over the free memory of every populated zone (`struct page_hinting_walk`).
 ///
 /// # Invariants
 ///
@@ -75,7 +75,7 @@ impl HintWalk {
         Self { raw }
     }
 
-    /// Whether every free list has been visited.
+    /// Whether every zone has been visited.
     pub(crate) fn is_done(&self) -> bool {
         // SAFETY: `raw` is an initialised walk (type invariant).
         unsafe { bindings::page_hinting_walk_done(&self.raw) }
@@ -87,7 +87,6 @@ impl HintWalk {
             max_hold_ns: self.raw.hold_ns_max,
             holds: self.raw.holds,
             total_hold_ns: self.raw.hold_ns_total,
-            restarts: self.raw.restarts,
             low_zones: self.raw.low_zones,
         }
     }

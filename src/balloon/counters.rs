@@ -62,8 +62,6 @@ pub(crate) struct Counters {
     /// Time the free list walk held zone locks, every hold together, in nanoseconds (divided by
     /// `hint_lock_holds`: the mean hold).
     pub(crate) hint_lock_ns_total: AtomicU64,
-    /// Times a free list's end mark was lost (allocated or merged) and set again.
-    pub(crate) hint_restarts: AtomicU64,
     /// Zones a walk left early because they were at their low watermark.
     pub(crate) hint_low_zones: AtomicU64,
     /// Pages isolated for hints now (in buffers the host has not used yet).
@@ -115,7 +113,6 @@ impl Counters {
         (c_str!("hint_lock_max_ns"), |c| &c.hint_lock_max_ns),
         (c_str!("hint_lock_holds"), |c| &c.hint_lock_holds),
         (c_str!("hint_lock_ns_total"), |c| &c.hint_lock_ns_total),
-        (c_str!("hint_restarts"), |c| &c.hint_restarts),
         (c_str!("hint_low_zones"), |c| &c.hint_low_zones),
         (c_str!("hint_isolated"), |c| &c.hint_isolated),
         (c_str!("hint_isolated_max"), |c| &c.hint_isolated_max),

@@ -161,7 +161,7 @@ impl HintPart {
 /// Why a round ended.
 #[derive(PartialEq, Eq)]
 enum RoundEnd {
-    /// Every free list was walked.
+    /// The walk visited every zone.
     Complete,
     /// The host changed the command id (or another config field), or the device goes away.
     Interrupted,
@@ -349,7 +349,6 @@ impl HintPart {
         counters::add(&c.hint_round_ns_total, ns);
         counters::add(&c.hint_lock_holds, stats.holds);
         counters::add(&c.hint_lock_ns_total, stats.total_hold_ns);
-        counters::add(&c.hint_restarts, stats.restarts);
         counters::add(&c.hint_low_zones, stats.low_zones);
         c.hint_lock_max_ns
             .fetch_max(stats.max_hold_ns, Ordering::Relaxed);
@@ -396,10 +395,8 @@ fn fill(
         && max_pages.saturating_sub(blocks.pages()) >= MAX_BLOCK_PAGES
         && !interrupted()
     {
-        // Nothing taken: the zone ended or was at its low watermark (the walk moved on), or
-        // the next block does not fit (send what is held).
-        if blocks.isolate(walk, max_blocks, max_pages) == 0 && !blocks.is_empty() {
-            break;
-        }
+        // Nothing taken means the walk moved on (a zone ended or was low, or the frames it
+        // passed were allocated): a block of the largest order still fits, so go on.
+        blocks.isolate(walk, max_blocks, max_pages);
     }
 }

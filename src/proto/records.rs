@@ -505,3 +505,104 @@ fn write_bitmap(w: &mut Writer<'_>, group: &[Range]) {
     }
     w.len += bytes;
 }
+
+/// Bytes a range of `pages` frames can take in a buffer, at most: a run record (and the room the
+/// encoder keeps for padding), or a list record of its own with its offsets and padding. A
+/// bitmap is only chosen where it is smaller than the list.
+const fn range_cost(pages: u64) -> usize {
+    if pages >= RUN_MIN_PAGES {
+        RECORD_BYTES + 4
+    } else {
+        RECORD_BYTES + 4 * pages as usize + 4
+    }
+}
+
+/// The most a range of one buffer can cost ([`range_cost`] of the longest range that is not a
+/// run).
+const RANGE_COST_MAX: usize = range_cost(RUN_MIN_PAGES - 1);
+
+/// Ranges one buffer of [`MAX_BUFFER_BYTES`] can hold, at most.
+pub(crate) const RANGES_PER_BUFFER: usize = (MAX_BUFFER_BYTES - HEADER_BYTES) / range_cost(1);
+
+/// Frames collected, one at a time in any order, for one record buffer of [`MAX_BUFFER_BYTES`].
+///
+/// Frames go into ranges the caller provides (at most [`RANGES_PER_BUFFER`] are used); a frame
+/// next to the last range (above or below it) extends it. The collector keeps a bound on the
+/// encoded size and refuses a frame that could make the buffer overflow, so [`Collector::finish`]
+/// always encodes every frame collected.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Collector {
+    nranges: usize,
+    pages: u64,
+    /// Bytes the ranges take encoded, at most (the header included).
+    bound: usize,
+}
+
+impl Collector {
+    /// An empty collector.
+    pub(crate) const fn new() -> Self {
+        Self {
+            nranges: 0,
+            pages: 0,
+            bound: HEADER_BYTES,
+        }
+    }
+
+    /// Frames collected.
+    pub(crate) fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Whether no frame was collected.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    /// Adds frame `pfn` (not collected yet) to `ranges`; false, with nothing changed, when the
+    /// buffer could overflow.
+    pub(crate) fn push(&mut self, ranges: &mut [Range], pfn: u64) -> bool {
+        if let Some(last) = ranges[..self.nranges].last_mut() {
+            let before = range_cost(last.pages);
+            let grown = if last.pages < u64::from(u32::MAX) && pfn == last.end() {
+                last.pages += 1;
+                true
+            } else if last.pages < u64::from(u32::MAX) && pfn.checked_add(1) == Some(last.pfn) {
+                last.pfn = pfn;
+                last.pages += 1;
+                true
+            } else {
+                false
+            };
+            if grown {
+                // A range never costs more than `RANGE_COST_MAX`, which was free when it began.
+                self.bound = self.bound - before + range_cost(last.pages);
+                self.pages += 1;
+                return true;
+            }
+        }
+        let limit = ranges.len().min(RANGES_PER_BUFFER);
+        if self.nranges >= limit || self.bound + RANGE_COST_MAX > MAX_BUFFER_BYTES {
+            return false;
+        }
+        ranges[self.nranges] = Range { pfn, pages: 1 };
+        self.nranges += 1;
+        self.bound += range_cost(1);
+        self.pages += 1;
+        true
+    }
+
+    /// Sorts and merges the ranges and encodes them into `out` (at least [`MAX_BUFFER_BYTES`]
+    /// long for the guarantee); returns what was written and the number of merged ranges, now at
+    /// the start of `ranges`. The collector is empty afterwards.
+    pub(crate) fn finish(&mut self, ranges: &mut [Range], out: &mut [u8]) -> (Encoded, usize) {
+        let n = super::hint::coalesce(&mut ranges[..self.nranges], u64::from(u32::MAX));
+        let enc = encode(&ranges[..n], out);
+        *self = Self::new();
+        (enc, n)
+    }
+
+    /// Forgets the frames collected.
+    pub(crate) fn clear(&mut self) {
+        *self = Self::new();
+    }
+}
