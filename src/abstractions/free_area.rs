@@ -185,6 +185,14 @@ impl HintBlocks {
         self.nranges = 0;
     }
 
+    /// The blocks held as ranges, adjacent ones merged, in ascending order.
+    pub(crate) fn ranges(&mut self) -> &[Range] {
+        if self.nranges == 0 {
+            self.merge();
+        }
+        &self.ranges[..self.nranges]
+    }
+
     /// Merges adjacent blocks into ranges (what [`DeviceWritable::sg`] describes); returns how
     /// many ranges they make.
     pub(crate) fn merge(&mut self) -> usize {

@@ -11,6 +11,9 @@
 use core::ptr::NonNull;
 use kernel::bindings;
 
+/// The allocator's largest order (`MAX_PAGE_ORDER`).
+pub(crate) const MAX_PAGE_ORDER: u32 = bindings::NR_PAGE_ORDERS - 1;
+
 /// The guest's managed memory, in pages (`totalram_pages()`).
 pub(crate) fn totalram_pages() -> u64 {
     // SAFETY: `totalram_pages` only reads an atomic counter.
@@ -64,6 +67,9 @@ impl OwnedPage {
     /// Whole blocks let the host free whole huge pages behind the balloon, and cost one
     /// allocation instead of `1 << order`.
     pub(crate) fn alloc_block_for_balloon(order: u32) -> Option<PageBlock> {
+        if order > MAX_PAGE_ORDER {
+            return None;
+        }
         let gfp = bindings::__GFP_HIGHMEM
             | bindings::__GFP_NOMEMALLOC
             | bindings::__GFP_NORETRY

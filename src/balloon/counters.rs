@@ -3,6 +3,7 @@
 //! The counters a balloon device shows in debugfs.
 
 use crate::abstractions::debugfs::Counter;
+use crate::proto::{hint::Range, records::Encoded};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::c_str;
 
@@ -82,6 +83,46 @@ pub(crate) struct Counters {
     pub(crate) restores: AtomicU64,
     /// Smallest order of the free blocks reported (writable; 0: every free block).
     pub(crate) hint_min_order: AtomicU64,
+    /// 1 when `VIRTIO_BALLOON_F_PAGE_RANGES` was negotiated: frames travel as page records.
+    pub(crate) page_ranges: AtomicU64,
+    /// The host's `ranges_min_order`, and the order of the blocks the balloon takes.
+    pub(crate) ranges_min_order: AtomicU64,
+    pub(crate) block_order: AtomicU64,
+    /// Page-record buffers sent (inflate, deflate and free page queues), their bytes, the
+    /// frames they named, and their records by type.
+    pub(crate) record_buffers: AtomicU64,
+    pub(crate) record_bytes: AtomicU64,
+    pub(crate) record_pages: AtomicU64,
+    pub(crate) record_runs: AtomicU64,
+    pub(crate) record_bitmaps: AtomicU64,
+    pub(crate) record_lists: AtomicU64,
+    /// Contiguity: ranges of contiguous frames sent in page records, by length in pages.
+    pub(crate) range_len: [AtomicU64; RANGE_LEN_BUCKETS],
+}
+
+/// Buckets of the range-length histogram: 1, 2-7, 8-63, 64-511, 512-4095, 4096 and more pages
+/// (powers of 8).
+pub(crate) const RANGE_LEN_BUCKETS: usize = 6;
+
+/// Counts one page-record buffer: what [`crate::proto::records::encode`] wrote for `ranges`
+/// (merged), which name `pages` frames.
+pub(crate) fn record_buffer(c: &Counters, enc: &Encoded, ranges: &[Range], pages: u64) {
+    add(&c.record_buffers, 1);
+    add(&c.record_bytes, enc.bytes as u64);
+    add(&c.record_pages, pages);
+    add(&c.record_runs, enc.runs.into());
+    add(&c.record_bitmaps, enc.bitmaps.into());
+    add(&c.record_lists, enc.lists.into());
+    for r in ranges {
+        // 0 for 1 page, then one bucket per factor of 8 (2-7, 8-63, ...).
+        let log2 = 63 - r.pages.max(1).leading_zeros();
+        let bucket = if r.pages <= 1 {
+            0
+        } else {
+            log2 as usize / 3 + 1
+        };
+        add(&c.range_len[bucket.min(RANGE_LEN_BUCKETS - 1)], 1);
+    }
 }
 
 impl Counters {
@@ -122,6 +163,21 @@ impl Counters {
         (c_str!("stats_sent"), |c| &c.stats_sent),
         (c_str!("freezes"), |c| &c.freezes),
         (c_str!("restores"), |c| &c.restores),
+        (c_str!("page_ranges"), |c| &c.page_ranges),
+        (c_str!("ranges_min_order"), |c| &c.ranges_min_order),
+        (c_str!("block_order"), |c| &c.block_order),
+        (c_str!("record_buffers"), |c| &c.record_buffers),
+        (c_str!("record_bytes"), |c| &c.record_bytes),
+        (c_str!("record_pages"), |c| &c.record_pages),
+        (c_str!("record_runs"), |c| &c.record_runs),
+        (c_str!("record_bitmaps"), |c| &c.record_bitmaps),
+        (c_str!("record_lists"), |c| &c.record_lists),
+        (c_str!("range_len_1"), |c| &c.range_len[0]),
+        (c_str!("range_len_2_7"), |c| &c.range_len[1]),
+        (c_str!("range_len_8_63"), |c| &c.range_len[2]),
+        (c_str!("range_len_64_511"), |c| &c.range_len[3]),
+        (c_str!("range_len_512_4095"), |c| &c.range_len[4]),
+        (c_str!("range_len_4096_up"), |c| &c.range_len[5]),
     ];
 
     /// The writable files of the debugfs directory (tunables).

@@ -12,15 +12,19 @@ use super::counters::{self, Counters};
 use super::events::{Events, WAKE_STATS, WAKE_TARGET};
 use super::hint::{HintBuf, HintPart};
 use super::stats::{StatsBuf, StatsPart};
-use super::target::{Batch, Next, TargetPart};
+use super::target::{Batch, Next, TargetPart, RECORD_BATCH_PAGES};
 use super::{DEFLATE_Q, FREE_PAGE_Q, INFLATE_Q, STATS_Q};
 use crate::abstractions::{
     debugfs::{CounterDir, Dir},
     mm::totalram_pages,
-    virtio::{Binding, Core, Device, Queues},
+    virtio::{balloon as cfg, Binding, Core, Device, Queues},
     work,
 };
-use crate::proto::{features, pfn::PFNS_PER_DESC};
+use crate::proto::{
+    config::{ranges_min_order, RANGES_MAX_ORDER},
+    features,
+    pfn::PFNS_PER_DESC,
+};
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
     fmt,
@@ -110,18 +114,35 @@ impl Balloon {
         let hint_vq = queues.take::<HintBuf>(FREE_PAGE_Q)?;
         let index = binding.device().index();
         let name = CString::try_from_fmt(fmt!("virtio{}", index))?;
+        let c = Arc::new(Counters::default(), GFP_KERNEL)?;
         let counters = CounterDir::new(
             debugfs,
             &name,
-            Arc::new(Counters::default(), GFP_KERNEL)?,
+            c.clone(),
             Counters::FILES,
             Counters::TUNABLES,
         );
         let (hinting, stats_on) = (hint_vq.is_some(), stats_vq.is_some());
         let le = dev.has_feature(features::VERSION_1);
+        // Page records when the host offers them, with its smallest block.
+        let min_order = if dev.has_feature(features::PAGE_RANGES) {
+            let raw = dev.read(&cfg::RANGES_MIN_ORDER).unwrap_or(0);
+            Some(ranges_min_order(raw).unwrap_or_else(|| {
+                counters::add(&c.host_errors, 1);
+                pr_warn!(
+                    "virtio{}: host gives ranges_min_order {} (reserved, above {}); using 0\n",
+                    index,
+                    raw,
+                    RANGES_MAX_ORDER
+                );
+                0
+            }))
+        } else {
+            None
+        };
         let hint = match hint_vq {
             Some(vq) => Some(KBox::pin_init(
-                HintPart::new(vq, totalram_pages(), le)?,
+                HintPart::new(vq, totalram_pages(), le, min_order.is_some())?,
                 GFP_KERNEL,
             )?),
             None => None,
@@ -130,7 +151,11 @@ impl Balloon {
             Some(vq) => Some(KBox::pin_init(StatsPart::new(vq, le)?, GFP_KERNEL)?),
             None => None,
         };
-        let target = TargetPart::new(inflate, deflate)?;
+        let target = TargetPart::new(inflate, deflate, min_order)?;
+        if let Some(order) = min_order {
+            counters::set(&c.page_ranges, 1);
+            counters::set(&c.ranges_min_order, order.into());
+        }
         let balloon = Arc::pin_init(
             pin_init!(Self {
                 ev <- Events::new(binding.clone(), counters),
@@ -143,18 +168,31 @@ impl Balloon {
             }),
             GFP_KERNEL,
         )?;
+        counters::set(&c.block_order, balloon.target.block_order().into());
         if let Some(h) = &balloon.hint {
             counters::set(&balloon.ev.counters().hint_bound, h.bound_pages());
         }
         dev.set_wakeup_capable();
-        pr_info!(
-            "virtio{}: balloon ready ({} descriptors in flight, {} PFNs each, free page hints {}, statistics {})\n",
-            index,
-            balloon.target.batches(),
-            PFNS_PER_DESC,
-            if hinting { "on" } else { "off" },
-            if stats_on { "on" } else { "off" }
-        );
+        match min_order {
+            Some(order) => pr_info!(
+                "virtio{}: balloon ready ({} descriptors in flight, page records of up to {} pages each, blocks of order {} (host asks {}), free page hints {}, statistics {})\n",
+                index,
+                balloon.target.batches(),
+                RECORD_BATCH_PAGES,
+                balloon.target.block_order(),
+                order,
+                if hinting { "on" } else { "off" },
+                if stats_on { "on" } else { "off" }
+            ),
+            None => pr_info!(
+                "virtio{}: balloon ready ({} descriptors in flight, {} PFNs each, free page hints {}, statistics {})\n",
+                index,
+                balloon.target.batches(),
+                PFNS_PER_DESC,
+                if hinting { "on" } else { "off" },
+                if stats_on { "on" } else { "off" }
+            ),
+        }
         Ok(balloon)
     }
 

@@ -12,18 +12,23 @@
 //! out at once: the guest's free memory never dips by more than an eighth of the guest's memory
 //! (64 MiB at least, 256 MiB at most), unlike the C driver, which allocates 4 MiB blocks until
 //! none is left. A new id, the stop id, any other config change, device removal, suspend or an
-//! unresponsive host end a round early.
+//! unresponsive host end a round early. With `VIRTIO_BALLOON_F_PAGE_RANGES` a buffer names its
+//! blocks in page records (one device-readable descriptor) instead of being the blocks
+//! themselves; the ownership rule is the same.
 
 use super::counters;
 use super::events::Events;
-use super::pool::Pool;
+use super::pool::{MakeBuf, Pool};
 use super::target::elapsed_ns;
 use crate::abstractions::{
     free_area::{HintBlocks, HintWalk, MAX_BLOCKS, MAX_BLOCK_PAGES},
-    virtio::{balloon as cfg, Buffer, Payload, Virtqueue},
+    virtio::{balloon as cfg, Buffer, OutBuf, Payload, Virtqueue},
     wait::ms_to_jiffies,
 };
-use crate::proto::hint::{Action, Rounds, CMD_ID_STOP};
+use crate::proto::{
+    hint::{Action, Rounds, CMD_ID_STOP},
+    records::{encode, max_bytes},
+};
 use core::sync::atomic::Ordering;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
@@ -49,36 +54,70 @@ pub(crate) fn buffer_pages(total: u64) -> u64 {
     (total / (8 * HINT_BUFFERS as u64)).clamp(BUFFER_PAGES_MIN, BUFFER_PAGES_MAX)
 }
 
+/// Calls of the walk that find no block, in a row, after which a buffer is sent as it is (16
+/// holds of at most 512 frames each: 32 MiB or more of allocated memory passed).
+const FLUSH_AFTER_EMPTY: u32 = 16;
+
 /// How long the host may take to use a hint buffer before the round is given up.
 const HINT_HOST_TIMEOUT_MS: u32 = 5_000;
 
-/// A buffer of the free page queue: a command id (out) or free blocks (in), which it owns.
+/// Bytes of a page-record hint buffer: every block of a buffer apart, at most (order 1).
+const HINT_RECORD_BYTES: usize = 8192;
+const _: () = assert!(max_bytes(MAX_BLOCKS) <= HINT_RECORD_BYTES);
+
+/// A buffer of the free page queue: a command id (out), or free blocks, which it owns, given as
+/// themselves (in) or named by page records (out).
 pub(crate) struct HintBuf {
     cmd: [u8; 4],
     is_cmd: bool,
     blocks: KBox<HintBlocks>,
+    /// With page records: the buffer and the bytes of it the records take.
+    records: Option<(OutBuf, usize)>,
 }
 
 impl Buffer for HintBuf {
     fn payload(&mut self) -> Payload<'_> {
-        if self.is_cmd {
-            Payload::Out(&self.cmd)
-        } else {
-            Payload::In(&mut *self.blocks)
+        match &self.records {
+            _ if self.is_cmd => Payload::Out(&self.cmd),
+            Some((out, len)) => Payload::OutBuf(out, *len),
+            None => Payload::In(&mut *self.blocks),
         }
     }
 }
 
 impl HintBuf {
+    /// A buffer of the standard protocol.
     fn new_boxed() -> Result<KBox<Self>> {
         Ok(KBox::new(
             Self {
                 cmd: [0; 4],
                 is_cmd: false,
                 blocks: HintBlocks::new_boxed()?,
+                records: None,
             },
             GFP_KERNEL,
         )?)
+    }
+
+    /// A buffer that names its blocks in page records.
+    fn new_records() -> Result<KBox<Self>> {
+        let mut buf = Self::new_boxed()?;
+        buf.records = Some((OutBuf::new(HINT_RECORD_BYTES)?, 0));
+        Ok(buf)
+    }
+
+    /// Encodes the blocks held into the page records, if the buffer has them; false if they
+    /// did not all fit (which `HINT_RECORD_BYTES` rules out).
+    fn seal(&mut self, c: &counters::Counters) -> bool {
+        let Some((out, len)) = &mut self.records else {
+            return true;
+        };
+        let pages = self.blocks.pages();
+        let ranges = self.blocks.ranges();
+        let enc = encode(ranges, out.as_mut_slice());
+        *len = enc.bytes;
+        counters::record_buffer(c, &enc, ranges, pages);
+        enc.ranges == ranges.len()
     }
 }
 
@@ -108,6 +147,9 @@ impl HintState {
     fn put(&mut self, mut buf: KBox<HintBuf>) {
         buf.blocks.release();
         buf.is_cmd = false;
+        if let Some((_, len)) = &mut buf.records {
+            *len = 0;
+        }
         self.pool.put(buf);
     }
 }
@@ -120,17 +162,29 @@ pub(crate) struct HintPart {
 }
 
 impl HintPart {
-    /// Sets up hinting on the free page queue, for a guest of `total_pages`.
+    /// Sets up hinting on the free page queue, for a guest of `total_pages`, with page records
+    /// or the standard protocol.
     pub(crate) fn new(
         vq: Virtqueue<HintBuf>,
         total_pages: u64,
         le: bool,
+        records: bool,
     ) -> Result<impl PinInit<Self>> {
         let ring = vq.ring_size() as usize;
-        // Every buffer fits the ring even when all its blocks are apart (one descriptor each).
-        let n = HINT_BUFFERS.min(ring / MAX_BLOCKS).max(2);
-        let max_blocks = MAX_BLOCKS.min(ring / n).max(1);
-        let pool = Pool::new(n, HintBuf::new_boxed)?;
+        let (n, max_blocks, make): (usize, usize, MakeBuf<HintBuf>) = if records {
+            // One descriptor a buffer.
+            (
+                HINT_BUFFERS.min(ring).max(2),
+                MAX_BLOCKS,
+                HintBuf::new_records,
+            )
+        } else {
+            // Every buffer fits the ring even when all its blocks are apart (one descriptor
+            // each).
+            let n = HINT_BUFFERS.min(ring / MAX_BLOCKS).max(2);
+            (n, MAX_BLOCKS.min(ring / n).max(1), HintBuf::new_boxed)
+        };
+        let pool = Pool::new(n, make)?;
         Ok(pin_init!(Self {
             state <- new_mutex!(HintState {
                 vq,
@@ -318,6 +372,11 @@ impl HintPart {
                 break;
             }
             let (pages, ranges) = (buf.blocks.pages(), buf.blocks.merge() as u64);
+            if !buf.seal(c) {
+                st.put(buf);
+                end = RoundEnd::Interrupted;
+                break;
+            }
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();
@@ -390,13 +449,23 @@ fn fill(
     (max_pages, max_blocks): (u64, usize),
     interrupted: impl Fn() -> bool,
 ) {
+    let mut idle = 0;
     while !walk.is_done()
         && blocks.len() < max_blocks
         && max_pages.saturating_sub(blocks.pages()) >= MAX_BLOCK_PAGES
         && !interrupted()
     {
         // Nothing taken means the walk moved on (a zone ended or was low, or the frames it
-        // passed were allocated): a block of the largest order still fits, so go on.
-        blocks.isolate(walk, max_blocks, max_pages);
+        // passed were allocated): a block of the largest order still fits, so go on, but send
+        // what is held once the walk has passed a while without finding a block (so the first
+        // blocks do not wait, isolated, for the end of a sparse zone).
+        if blocks.isolate(walk, max_blocks, max_pages) > 0 {
+            idle = 0;
+        } else {
+            idle += 1;
+            if idle >= FLUSH_AFTER_EMPTY && !blocks.is_empty() {
+                break;
+            }
+        }
     }
 }

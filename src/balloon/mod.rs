@@ -53,6 +53,7 @@ impl virtio::Driver for BalloonDriver {
         features::MUST_TELL_HOST,
         features::STATS_VQ,
         features::FREE_PAGE_HINT,
+        features::PAGE_RANGES,
     ];
     const QUEUES: &'static [QueueSpec] = &[
         QueueSpec {

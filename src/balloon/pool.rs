@@ -10,18 +10,21 @@ use kernel::{
     prelude::*,
 };
 
+/// Makes one buffer of a pool.
+pub(crate) type MakeBuf<B> = fn() -> Result<KBox<B>>;
+
 /// A fixed set of buffers for one queue, made at probe, so that queueing and taking back never
 /// allocate. When the adapter takes queued buffers back (suspend), they are dropped; the pool
 /// makes new ones on demand, up to its size counting those on the queue, and counts them.
 pub(crate) struct Pool<B: Buffer> {
     /// `None`: that buffer is on the queue (or was lost at a suspend).
     slots: KVec<Option<KBox<B>>>,
-    make: fn() -> Result<KBox<B>>,
+    make: MakeBuf<B>,
 }
 
 impl<B: Buffer> Pool<B> {
     /// A pool of `size` buffers made by `make`.
-    pub(crate) fn new(size: usize, make: fn() -> Result<KBox<B>>) -> Result<Self> {
+    pub(crate) fn new(size: usize, make: MakeBuf<B>) -> Result<Self> {
         let mut slots = KVec::with_capacity(size, GFP_KERNEL)?;
         for _ in 0..size {
             slots.push(Some(make()?), GFP_KERNEL)?;

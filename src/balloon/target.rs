@@ -7,25 +7,30 @@
 //! (allocates pages and reports their frame numbers on the inflate queue) or deflates (reports
 //! frame numbers on the deflate queue, waits for the host, then frees the pages) until the
 //! balloon holds the target, and reports its size in `actual`. Frame numbers travel 256 to a
-//! descriptor, with many descriptors in flight per notification. Each run of the work item moves
-//! one chunk and queues the work again, so a suspend (which freezes the workqueue) never waits
-//! for a whole target.
+//! descriptor, with many descriptors in flight per notification; with
+//! `VIRTIO_BALLOON_F_PAGE_RANGES` they travel as page records (runs, bitmaps, lists), up to
+//! [`RECORD_BATCH_PAGES`] to a descriptor, and the balloon takes blocks of at least the host's
+//! `ranges_min_order` while the guest has them. Each run of the work item moves one chunk and
+//! queues the work again, so a suspend (which freezes the workqueue) never waits for a whole
+//! target.
 
 use super::counters;
 use super::events::{Events, WAKE_TARGET};
-use super::pool::Pool;
+use super::pool::{MakeBuf, Pool};
 use crate::abstractions::{
-    mm::{available_pages, totalram_pages, OwnedPage, PageBlock, PageStack},
-    virtio::{balloon as cfg, Buffer, Payload, Virtqueue},
+    mm::{available_pages, totalram_pages, OwnedPage, PageBlock, PageStack, MAX_PAGE_ORDER},
+    virtio::{balloon as cfg, Buffer, OutBuf, Payload, Virtqueue},
     wait::ms_to_jiffies,
 };
 use crate::proto::{
     config::{Step, Target},
+    hint::Range,
     pfn::{PfnArray, PushError, PFNS_PER_DESC, PFN_SHIFT},
+    records::{Collector, MAX_BUFFER_BYTES, RANGES_PER_BUFFER},
 };
 use core::sync::atomic::AtomicU64;
 use kernel::{
-    alloc::{flags::GFP_KERNEL, KBox},
+    alloc::{flags::GFP_KERNEL, KBox, KVec},
     new_mutex,
     prelude::*,
     sync::Mutex,
@@ -38,8 +43,14 @@ const MAX_IN_FLIGHT: usize = 32;
 /// `actual` (32 MiB).
 const CHUNK_PAGES: u32 = 8192;
 /// Order of the blocks the balloon allocates while whole free blocks are left (2 MiB: the host
-/// can free a whole huge page behind them).
+/// can free a whole huge page behind them); with page records, the host's `ranges_min_order`
+/// when that is larger (up to the allocator's largest order).
 const BLOCK_ORDER: u32 = 9;
+/// Pages one page-record batch holds at most (16 MiB): small enough that the host discards one
+/// batch while the guest fills the next.
+pub(crate) const RECORD_BATCH_PAGES: u64 = 4096;
+/// Page-record batches in flight at most.
+const RECORD_BATCHES: usize = 8;
 /// The balloon leaves the guest at least 1/256 of its memory available, and at least 8 MiB: an
 /// over-large target must not drive the guest into the OOM killer (with nothing left to kill,
 /// that is a panic).
@@ -54,28 +65,144 @@ const HOST_TIMEOUT_MS: u32 = 10_000;
 // The driver only handles 4 KiB pages, the balloon's unit.
 const _: () = assert!(kernel::page::PAGE_SIZE == 1 << PFN_SHIFT);
 
-/// One descriptor's worth of pages and their frame numbers on the wire. Its pages are out of
-/// the guest's memory while it holds them; dropping it gives them back.
+/// A page-record buffer (preallocated, order 3) and the ranges collected for it.
+struct Records {
+    collector: Collector,
+    ranges: KVec<Range>,
+    out: OutBuf,
+    /// Bytes of `out` the sealed buffer takes (0 until sealed).
+    len: usize,
+}
+
+/// How a batch's frames travel.
+// Batches are boxed and made at probe; the records' large buffers are boxed too.
+#[allow(clippy::large_enum_variant)]
+enum Wire {
+    /// The standard format: 32-bit frame numbers.
+    Pfns(PfnArray),
+    /// Page records (`VIRTIO_BALLOON_F_PAGE_RANGES`).
+    Records(KBox<Records>),
+}
+
+/// Why [`Batch::push`] refused a page (which it hands back).
+enum Refused {
+    /// The batch is full.
+    Full(OwnedPage),
+    /// The frame cannot be reported in this format (above 16 TiB with 32-bit frame numbers).
+    Unreportable(OwnedPage),
+}
+
+/// One descriptor's worth of pages and their frames on the wire. Its pages are out of the
+/// guest's memory while it holds them; dropping it gives them back.
 pub(crate) struct Batch {
-    pfns: PfnArray,
+    wire: Wire,
     pages: PageStack,
 }
 
 impl Buffer for Batch {
     fn payload(&mut self) -> Payload<'_> {
-        Payload::Out(self.pfns.as_bytes())
+        match &self.wire {
+            Wire::Pfns(pfns) => Payload::Out(pfns.as_bytes()),
+            Wire::Records(r) => Payload::OutBuf(&r.out, r.len),
+        }
     }
 }
 
 impl Batch {
-    fn new_boxed() -> Result<KBox<Self>> {
+    /// A batch of the standard format.
+    fn new_pfns() -> Result<KBox<Self>> {
         Ok(KBox::new(
             Self {
-                pfns: PfnArray::new(),
+                wire: Wire::Pfns(PfnArray::new()),
                 pages: PageStack::new(),
             },
             GFP_KERNEL,
         )?)
+    }
+
+    /// A batch of page records, its buffers allocated now, so inflating allocates nothing else.
+    fn new_records() -> Result<KBox<Self>> {
+        let records = KBox::new(
+            Records {
+                collector: Collector::new(),
+                ranges: KVec::from_elem(Range { pfn: 0, pages: 0 }, RANGES_PER_BUFFER, GFP_KERNEL)?,
+                out: OutBuf::new(MAX_BUFFER_BYTES)?,
+                len: 0,
+            },
+            GFP_KERNEL,
+        )?;
+        Ok(KBox::new(
+            Self {
+                wire: Wire::Records(records),
+                pages: PageStack::new(),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    /// Pages in the batch.
+    fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether the batch takes no more pages.
+    fn is_full(&self) -> bool {
+        match &self.wire {
+            Wire::Pfns(pfns) => pfns.is_full(),
+            Wire::Records(r) => r.collector.pages() >= RECORD_BATCH_PAGES,
+        }
+    }
+
+    /// Adds a page and its frame, or hands the page back.
+    fn push(&mut self, page: OwnedPage) -> core::result::Result<(), Refused> {
+        let pfn = page.pfn();
+        match &mut self.wire {
+            Wire::Pfns(pfns) => match pfns.push(pfn) {
+                Ok(()) => {}
+                Err(PushError::Full) => return Err(Refused::Full(page)),
+                Err(PushError::OutOfRange) => return Err(Refused::Unreportable(page)),
+            },
+            Wire::Records(r) => {
+                let Records {
+                    collector, ranges, ..
+                } = &mut **r;
+                if collector.pages() >= RECORD_BATCH_PAGES || !collector.push(ranges, pfn) {
+                    return Err(Refused::Full(page));
+                }
+            }
+        }
+        self.pages.push(page);
+        Ok(())
+    }
+
+    /// Makes the wire buffer ready to queue (encodes the records); false if they did not all
+    /// fit, which the collector rules out.
+    fn seal(&mut self, c: &counters::Counters) -> bool {
+        let Wire::Records(r) = &mut self.wire else {
+            return true;
+        };
+        let pages = r.collector.pages();
+        let Records {
+            collector,
+            ranges,
+            out,
+            len,
+        } = &mut **r;
+        let (enc, merged) = collector.finish(ranges, out.as_mut_slice());
+        *len = enc.bytes;
+        counters::record_buffer(c, &enc, &ranges[..merged], pages);
+        enc.ranges == merged
+    }
+
+    /// Forgets the frames on the wire (the pages stay).
+    fn clear_wire(&mut self) {
+        match &mut self.wire {
+            Wire::Pfns(pfns) => pfns.clear(),
+            Wire::Records(r) => {
+                r.collector.clear();
+                r.len = 0;
+            }
+        }
     }
 
     /// Gives the batch's pages back to the guest, if any (deflated, host gone, ring full).
@@ -83,7 +210,7 @@ impl Batch {
         while let Some(page) = self.pages.pop() {
             drop(page);
         }
-        self.pfns.clear();
+        self.clear_wire();
     }
 }
 
@@ -124,6 +251,8 @@ enum Stop {
     NoPages,
     /// The host did not use buffers in time.
     HostTimeout,
+    /// The queue refused a buffer with none in flight (device gone or buffer rejected).
+    Refused,
     /// The device is going away.
     Stopping,
 }
@@ -156,19 +285,32 @@ pub(crate) struct TargetPart {
     guest_pages: u64,
     /// The balloon stops growing when the guest's available memory falls to this many pages.
     floor_pages: u64,
+    /// Order of the blocks the balloon takes while the guest has them free.
+    block_order: u32,
 }
 
 impl TargetPart {
-    /// Sets up the inflate and deflate queues.
+    /// Sets up the inflate and deflate queues: page records when `min_order` is `Some` (the
+    /// host's `ranges_min_order`), else the standard format.
     pub(crate) fn new(
         inflate_vq: Virtqueue<Batch>,
         deflate_vq: Virtqueue<Batch>,
+        min_order: Option<u32>,
     ) -> Result<impl PinInit<Self>> {
-        let batches = MAX_IN_FLIGHT
+        let (most, make): (usize, MakeBuf<Batch>) = match min_order {
+            Some(_) => (RECORD_BATCHES, Batch::new_records),
+            None => (MAX_IN_FLIGHT, Batch::new_pfns),
+        };
+        let batches = most
             .min(inflate_vq.ring_size() as usize)
             .min(deflate_vq.ring_size() as usize)
             .max(1);
-        let pool = Pool::new(batches, Batch::new_boxed)?;
+        let pool = Pool::new(batches, make)?;
+        let block_order = match min_order {
+            // At least 2 MiB, at most what the allocator has (`min` last: never a panic).
+            Some(order) => order.max(BLOCK_ORDER).min(MAX_PAGE_ORDER),
+            None => BLOCK_ORDER,
+        };
         let guest_pages = totalram_pages();
         let floor_pages = (guest_pages / FLOOR_DIVISOR).max(FLOOR_MIN_PAGES);
         Ok(pin_init!(Self {
@@ -183,7 +325,13 @@ impl TargetPart {
             }),
             guest_pages,
             floor_pages,
+            block_order,
         }))
+    }
+
+    /// Order of the blocks the balloon takes while the guest has them free.
+    pub(crate) fn block_order(&self) -> u32 {
+        self.block_order
     }
 
     /// Batches in flight at most.
@@ -215,7 +363,7 @@ impl TargetPart {
         match stop {
             Stop::Done => st.backoff_ms = BACKOFF_MIN_MS,
             Stop::Stopping => return Next::Idle,
-            Stop::NoPages | Stop::HostTimeout => {
+            Stop::NoPages | Stop::HostTimeout | Stop::Refused => {
                 if stop == Stop::NoPages && !st.warned_oom {
                     pr_info!(
                         "virtio{}: guest memory low at {} of {} pages; retrying with back-off\n",
@@ -362,8 +510,8 @@ impl TargetPart {
             return Some(page);
         }
         *block = None;
-        if *try_blocks && left >= 1 << BLOCK_ORDER {
-            *block = OwnedPage::alloc_block_for_balloon(BLOCK_ORDER);
+        if *try_blocks && left >= 1 << self.block_order {
+            *block = OwnedPage::alloc_block_for_balloon(self.block_order);
             if let Some(page) = block.as_mut().and_then(Iterator::next) {
                 counters::add(&ev.counters().blocks, 1);
                 return Some(page);
@@ -402,16 +550,28 @@ impl TargetPart {
                     }
                 };
                 let start = Ktime::ktime_get();
-                while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {
-                    let left = want - queued - batch.pfns.len() as u32;
+                while !batch.is_full() && queued + (batch.len() as u32) < want {
+                    let len = batch.len() as u64;
+                    if len > 0
+                        && len % PFNS_PER_DESC as u64 == 0
+                        && available_pages() < self.floor_pages + PFNS_PER_DESC as u64
+                    {
+                        // A large batch looks at the floor again every 256 pages.
+                        counters::add(&c.floor_stops, 1);
+                        stop = Stop::NoPages;
+                        break;
+                    }
+                    let left = want - queued - batch.len() as u32;
                     let Some(page) = self.alloc_page(ev, &mut block, &mut try_blocks, left) else {
                         counters::add(&c.alloc_failures, 1);
                         stop = Stop::NoPages;
                         break;
                     };
-                    match batch.pfns.push(page.pfn()) {
-                        Ok(()) => batch.pages.push(page),
-                        Err(PushError::OutOfRange) | Err(PushError::Full) => {
+                    match batch.push(page) {
+                        Ok(()) => {}
+                        // The page goes back to the guest; the next batch takes the rest.
+                        Err(Refused::Full(_)) => break,
+                        Err(Refused::Unreportable(_)) => {
                             // A frame above 16 TiB cannot be reported with 32-bit PFNs.
                             stop = Stop::NoPages;
                             break;
@@ -419,11 +579,17 @@ impl TargetPart {
                     }
                 }
                 counters::add(&c.alloc_ns, elapsed_ns(start));
-                if batch.pfns.is_empty() {
+                if batch.len() == 0 {
                     st.pool.put(batch);
                     break;
                 }
-                let n = batch.pfns.len() as u32;
+                if !batch.seal(c) {
+                    batch.release();
+                    st.pool.put(batch);
+                    stop = Stop::NoPages;
+                    break;
+                }
+                let n = batch.len() as u32;
                 match st.inflate_vq.add(batch) {
                     Ok(()) => {
                         queued += n;
@@ -433,6 +599,10 @@ impl TargetPart {
                     Err((_, mut batch)) => {
                         batch.release();
                         st.pool.put(batch);
+                        if st.inflate_vq.in_flight() == 0 {
+                            // Refused with nothing in flight: not a full ring. Back off.
+                            stop = Stop::Refused;
+                        }
                         break;
                     }
                 }
@@ -447,7 +617,7 @@ impl TargetPart {
             match self.settle(ev, inflate_vq, added, |mut batch| {
                 counters::add(&c.inflated, batch.pages.len() as u64);
                 pages.append(&mut batch.pages);
-                batch.pfns.clear();
+                batch.clear_wire();
                 pool.put(batch);
             }) {
                 Settled::Idle => return stop,
@@ -483,15 +653,25 @@ impl TargetPart {
                         break;
                     }
                 };
-                while !batch.pfns.is_full() && queued + (batch.pfns.len() as u32) < want {
+                while !batch.is_full() && queued + (batch.len() as u32) < want {
                     let Some(page) = st.pages.pop() else {
                         break;
                     };
-                    // Cannot fail: the page was reported with this frame number on inflate.
-                    let _ = batch.pfns.push(page.pfn());
-                    batch.pages.push(page);
+                    // Its frame was reported on inflate, so only a full batch refuses it.
+                    if let Err(Refused::Full(page) | Refused::Unreportable(page)) = batch.push(page)
+                    {
+                        st.pages.push(page);
+                        break;
+                    }
                 }
-                let n = batch.pfns.len() as u32;
+                if !batch.seal(c) {
+                    st.pages.append(&mut batch.pages);
+                    batch.clear_wire();
+                    st.pool.put(batch);
+                    stop = Stop::NoPages;
+                    break;
+                }
+                let n = batch.len() as u32;
                 match st.deflate_vq.add(batch) {
                     Ok(()) => {
                         queued += n;
@@ -501,8 +681,11 @@ impl TargetPart {
                     Err((_, mut batch)) => {
                         // Not reported (ring full, device gone): the pages stay ballooned.
                         st.pages.append(&mut batch.pages);
-                        batch.pfns.clear();
+                        batch.clear_wire();
                         st.pool.put(batch);
+                        if st.deflate_vq.in_flight() == 0 {
+                            stop = Stop::Refused;
+                        }
                         break;
                     }
                 }

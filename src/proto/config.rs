@@ -64,3 +64,11 @@ impl Step {
         }
     }
 }
+
+/// The largest `ranges_min_order` a host may give (1 GiB blocks); larger values are reserved.
+pub(crate) const RANGES_MAX_ORDER: u32 = 18;
+
+/// Checks the host's `ranges_min_order`: `None` for a reserved value.
+pub(crate) fn ranges_min_order(raw: u32) -> Option<u32> {
+    (raw <= RANGES_MAX_ORDER).then_some(raw)
+}

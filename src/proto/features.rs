@@ -11,6 +11,10 @@ pub(crate) const STATS_VQ: u32 = 1;
 /// The device asks for hints of free guest memory during migration (free page queue).
 pub(crate) const FREE_PAGE_HINT: u32 = 3;
 
+/// Page records on the inflate, deflate and free page queues, and the config field
+/// `ranges_min_order` (this project's extension, `docs/spec/page-ranges.md`).
+pub(crate) const PAGE_RANGES: u32 = 16;
+
 /// Transport feature: indirect descriptors. Not negotiated: with them, queueing a buffer of several
 /// entries allocates a descriptor table.
 pub(crate) const RING_INDIRECT_DESC: u32 = 28;

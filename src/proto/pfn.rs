@@ -34,16 +34,6 @@ impl PfnArray {
         }
     }
 
-    /// Number of frame numbers held.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the array holds no frame number.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Whether the array is full.
     pub(crate) fn is_full(&self) -> bool {
         self.len == PFNS_PER_DESC

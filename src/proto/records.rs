@@ -49,12 +49,14 @@ pub(crate) const RUN_MIN_PAGES: u64 = ((RECORD_BYTES + SAVING_MIN) / 4) as u64;
 /// Bytes a buffer may take beyond the standard format for the same frames (below 2^32): the
 /// header, the header and padding of its first list record, and one run record for a range that
 /// no longer fits a list at the end of the buffer.
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 pub(crate) const OVERHEAD_BYTES: usize = HEADER_BYTES + SAVING_MIN + RECORD_BYTES;
 /// Ranges the encoder looks ahead over when it weighs a bitmap.
 const LOOKAHEAD: usize = 512;
 
 /// Why a buffer was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 pub(crate) enum DecodeError {
     /// Shorter than its header or a record says.
     Truncated,
@@ -78,15 +80,18 @@ pub(crate) enum DecodeError {
     Trailing,
 }
 
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 fn le16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 fn le32(b: &[u8], at: usize) -> Option<u32> {
     let s = b.get(at..at + 4)?;
     Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 fn le64(b: &[u8], at: usize) -> Option<u64> {
     let s = b.get(at..at + 8)?;
     let mut w = [0u8; 8];
@@ -96,6 +101,7 @@ fn le64(b: &[u8], at: usize) -> Option<u64> {
 
 /// What a checked buffer holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 pub(crate) struct Summary {
     /// Records of each type.
     pub(crate) runs: u32,
@@ -106,6 +112,7 @@ pub(crate) struct Summary {
 }
 
 /// One record, checked.
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 enum Rec<'a> {
     Run {
         pfn: u64,
@@ -124,6 +131,7 @@ enum Rec<'a> {
 
 /// Walks the records of `buf`, checking each against the rules and `limit_pfn`, and hands each
 /// one to `f`. Stops at the first error.
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 fn walk<'a>(
     buf: &'a [u8],
     limit_pfn: u64,
@@ -255,6 +263,7 @@ fn walk<'a>(
 /// Checks a whole buffer (frames must lie below `limit_pfn`), then hands every range it names
 /// to `f`, in ascending order (adjacent frames of one record merged). Nothing reaches `f` when
 /// the buffer is rejected.
+#[allow(dead_code)] // The driver only encodes; the decoder is the reference for devices.
 pub(crate) fn decode(
     buf: &[u8],
     limit_pfn: u64,
@@ -521,6 +530,11 @@ const fn range_cost(pages: u64) -> usize {
 /// run).
 const RANGE_COST_MAX: usize = range_cost(RUN_MIN_PAGES - 1);
 
+/// Bytes `ranges` ranges (sorted, merged) take encoded, at most.
+pub(crate) const fn max_bytes(ranges: usize) -> usize {
+    HEADER_BYTES + ranges * RANGE_COST_MAX
+}
+
 /// Ranges one buffer of [`MAX_BUFFER_BYTES`] can hold, at most.
 pub(crate) const RANGES_PER_BUFFER: usize = (MAX_BUFFER_BYTES - HEADER_BYTES) / range_cost(1);
 
@@ -553,14 +567,14 @@ impl Collector {
         self.pages
     }
 
-    /// Whether no frame was collected.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.pages == 0
-    }
-
     /// Adds frame `pfn` (not collected yet) to `ranges`; false, with nothing changed, when the
     /// buffer could overflow.
     pub(crate) fn push(&mut self, ranges: &mut [Range], pfn: u64) -> bool {
+        // Fewer than 2^32 frames: merged ranges then never need splitting, which could cost more
+        // than the bound counted.
+        if self.pages >= u64::from(u32::MAX) {
+            return false;
+        }
         if let Some(last) = ranges[..self.nranges].last_mut() {
             let before = range_cost(last.pages);
             let grown = if last.pages < u64::from(u32::MAX) && pfn == last.end() {
@@ -595,7 +609,13 @@ impl Collector {
     /// long for the guarantee); returns what was written and the number of merged ranges, now at
     /// the start of `ranges`. The collector is empty afterwards.
     pub(crate) fn finish(&mut self, ranges: &mut [Range], out: &mut [u8]) -> (Encoded, usize) {
-        let n = super::hint::coalesce(&mut ranges[..self.nranges], u64::from(u32::MAX));
+        let ranges = &mut ranges[..self.nranges];
+        // Frames that came in descending order (pages popped from a stack): reversed, the sort
+        // that follows has nothing left to do.
+        if ranges.first().map(|r| r.pfn) > ranges.last().map(|r| r.pfn) {
+            ranges.reverse();
+        }
+        let n = super::hint::coalesce(ranges, u64::from(u32::MAX));
         let enc = encode(&ranges[..n], out);
         *self = Self::new();
         (enc, n)

@@ -48,6 +48,8 @@ pub enum Qemu {
     /// Ours: Debian's source with `patches/qemu/` (`build/qemu/qemu-system-x86_64`, built by
     /// `scripts/qemu.sh`).
     Ours,
+    /// Ours with the balloon's `page-ranges=on`: it offers `VIRTIO_BALLOON_F_PAGE_RANGES`.
+    OursRanges,
 }
 
 impl Qemu {
@@ -55,8 +57,13 @@ impl Qemu {
     pub fn binary(self) -> PathBuf {
         match self {
             Qemu::Debian => PathBuf::from("qemu-system-x86_64"),
-            Qemu::Ours => paths::top().join("build/qemu/qemu-system-x86_64"),
+            Qemu::Ours | Qemu::OursRanges => paths::top().join("build/qemu/qemu-system-x86_64"),
         }
+    }
+
+    /// Whether this is our build.
+    pub fn is_ours(self) -> bool {
+        self != Qemu::Debian
     }
 
     /// How scenario names show it (empty for Debian's).
@@ -64,6 +71,7 @@ impl Qemu {
         match self {
             Qemu::Debian => "",
             Qemu::Ours => ", our qemu",
+            Qemu::OursRanges => ", our qemu, page-ranges",
         }
     }
 }
@@ -320,7 +328,7 @@ impl Guest {
             cfg.append
         );
         let mut qemu = Command::new(cfg.qemu.binary());
-        if cfg.qemu == Qemu::Ours {
+        if cfg.qemu.is_ours() {
             // Our build has no firmware of its own: Debian's (qemu-system-data, seabios).
             qemu.args(["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"]);
         }
@@ -363,9 +371,14 @@ impl Guest {
         .args([
             "-device",
             &format!(
-                "virtio-balloon-{dev},id=balloon0{}{}",
+                "virtio-balloon-{dev},id=balloon0{}{}{}",
                 if cfg.free_page_hint {
                     ",free-page-hint=on,iothread=io0"
+                } else {
+                    ""
+                },
+                if cfg.qemu == Qemu::OursRanges {
+                    ",page-ranges=on"
                 } else {
                     ""
                 },
@@ -649,6 +662,19 @@ impl Guest {
         self.cfg.mem_mib << 20
     }
 
+    /// The QEMU process's resident memory (`VmRSS`), in bytes: what the host really spends on
+    /// the guest.
+    pub fn qemu_rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.qemu.id()))
+            .ctx("reading QEMU's /proc status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kib| kib << 10)
+            .ok_or_else(|| "no VmRSS in QEMU's /proc status".to_string())
+    }
+
     /// The kernel log.
     pub fn dmesg(&mut self) -> Result<String> {
         self.sh("dmesg")
@@ -790,7 +816,14 @@ fn base64(data: &[u8]) -> String {
 /// `vbrs shell`: boots a guest with a driver loaded and runs lines from stdin in it.
 pub fn shell(opts: &Opts) -> Result<bool> {
     let d = opts.drivers[0];
-    let mut g = Guest::boot(&Config::new("shell", 2048))?;
+    let mut cfg = Config::new("shell", 2048);
+    // VBRS_QEMU=ours|ranges: our QEMU, without or with page-ranges=on.
+    cfg.qemu = match std::env::var("VBRS_QEMU").as_deref() {
+        Ok("ours") => Qemu::Ours,
+        Ok("ranges") => Qemu::OursRanges,
+        _ => Qemu::Debian,
+    };
+    let mut g = Guest::boot(&cfg)?;
     g.load(d)?;
     eprintln!(
         "[vbrs] guest up ({}), {} loaded; type commands, 'balloon MIB' sets the target",

@@ -10,6 +10,7 @@ mod ktap;
 mod migbench;
 mod migrate;
 mod paths;
+mod plot;
 mod report;
 mod scenarios;
 

@@ -1,9 +1,9 @@
 //! `make bench`, migration part: the migration cases with no hinting, the C driver's hinting and
 //! ours, side by side, for each guest size, on the kernel without debug options.
 
-use crate::guest::{Config, Driver, Guest};
+use crate::guest::{Config, Driver, Guest, Qemu};
 use crate::migrate::{self, Case, Params, Variant};
-use crate::{paths, Context, Result};
+use crate::{paths, plot, Context, Result};
 
 const MIB: u64 = 1 << 20;
 
@@ -13,6 +13,7 @@ struct Setup {
     label: &'static str,
     driver: Driver,
     hint: bool,
+    qemu: Qemu,
 }
 
 const SETUPS: &[Setup] = &[
@@ -20,16 +21,25 @@ const SETUPS: &[Setup] = &[
         label: "no hinting",
         driver: Driver::Rs,
         hint: false,
+        qemu: Qemu::Debian,
     },
     Setup {
         label: "C driver hinting",
         driver: Driver::C,
         hint: true,
+        qemu: Qemu::Debian,
     },
     Setup {
         label: "our hinting",
         driver: Driver::Rs,
         hint: true,
+        qemu: Qemu::Debian,
+    },
+    Setup {
+        label: "ours, page records",
+        driver: Driver::Rs,
+        hint: true,
+        qemu: Qemu::OursRanges,
     },
 ];
 
@@ -50,6 +60,7 @@ fn one(gib: u64, v: Variant, limit_ms: u64, s: Setup, rep: u32) -> (Row, bool) {
     let mut cfg = Config::new(&format!("bench-mig-{}", s.driver.label()), gib * 1024);
     cfg.flavour = "bench";
     cfg.free_page_hint = s.hint;
+    cfg.qemu = s.qemu;
     eprintln!(
         "[vbrs] migration bench: {gib} GiB, {}, downtime limit {limit_ms} ms, {}, run {}",
         v.label(),
@@ -112,7 +123,7 @@ fn table(rows: &[Row], reps: u32) -> String {
         migrate::CHURN_MIB,
     );
     s += &format!(
-        "{:<5} {:<15} {:>5} {:<17} {:>9} {:>15} {:>6} {:>9} {:>8} {:>16} {:>12}\n",
+        "{:<5} {:<15} {:>5} {:<18} {:>9} {:>15} {:>6} {:>9} {:>8} {:>16} {:>12}\n",
         "guest",
         "case",
         "limit",
@@ -143,7 +154,7 @@ fn table(rows: &[Row], reps: u32) -> String {
             .filter_map(|o| o.result.as_ref().ok())
             .collect();
         let head = format!(
-            "{:<5} {:<15} {:>5} {:<17}",
+            "{:<5} {:<15} {:>5} {:<18}",
             format!("{}G", r.gib),
             r.variant.label(),
             r.limit_ms,
@@ -251,6 +262,63 @@ fn csv(rows: &[Row]) -> String {
     s
 }
 
+/// The table's medians as two grouped bar charts: MiB sent and total time, one group per guest
+/// size, case and limit, one bar per configuration.
+fn plots(rows: &[Row]) -> (String, String) {
+    let mut groups: Vec<(u64, Variant, u64)> = Vec::new();
+    for r in rows {
+        if !groups.contains(&(r.gib, r.variant, r.limit_ms)) {
+            groups.push((r.gib, r.variant, r.limit_ms));
+        }
+    }
+    let labels: Vec<String> = groups
+        .iter()
+        .map(|(g, v, l)| format!("{g}G {} {l}ms", v.label()))
+        .collect();
+    let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let series = |f: &dyn Fn(&Case) -> f64| -> Vec<(&'static str, Vec<f64>)> {
+        SETUPS
+            .iter()
+            .map(|s| {
+                let values = groups
+                    .iter()
+                    .map(|(g, v, l)| {
+                        let mut vals: Vec<u64> = rows
+                            .iter()
+                            .filter(|r| {
+                                r.gib == *g
+                                    && r.variant == *v
+                                    && r.limit_ms == *l
+                                    && r.setup.label == s.label
+                            })
+                            .filter_map(|r| r.result.as_ref().ok())
+                            .map(|c| f(c) as u64)
+                            .collect();
+                        vals.sort_unstable();
+                        vals.get(vals.len() / 2).copied().unwrap_or(0) as f64
+                    })
+                    .collect();
+                (s.label, values)
+            })
+            .collect()
+    };
+    let accel = rows.first().map(|r| r.accel).unwrap_or("");
+    (
+        plot::bars(
+            &format!("Live migration: data sent (medians, {accel})"),
+            "MiB",
+            &label_refs,
+            &series(&|c| (c.stats.transferred / MIB) as f64),
+        ),
+        plot::bars(
+            &format!("Live migration: total time (medians, {accel})"),
+            "ms",
+            &label_refs,
+            &series(&|c| c.stats.total_ms as f64),
+        ),
+    )
+}
+
 fn qemu_version() -> String {
     std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -307,8 +375,11 @@ pub fn bench(sizes: &[u64], reps: u32, cases: &[Variant]) -> Result<bool> {
     let dir = paths::artifacts("bench");
     std::fs::write(dir.join("bench-migration.txt"), &text).ctx("writing the report")?;
     std::fs::write(dir.join("bench-migration.csv"), csv(&rows)).ctx("writing the report")?;
+    let (sent, time) = plots(&rows);
+    std::fs::write(dir.join("bench-migration-sent.svg"), sent).ctx("writing the plot")?;
+    std::fs::write(dir.join("bench-migration-time.svg"), time).ctx("writing the plot")?;
     println!(
-        "(written to {})",
+        "(written to {} and bench-migration-{{sent,time}}.svg)",
         dir.join("bench-migration.{txt,csv}").display()
     );
     Ok(all_clean)

@@ -1,18 +1,48 @@
-//! `make run` and `make bench`: the same inflate/deflate run with both drivers, side by side.
+//! `make run` and `make bench`: the same inflate/deflate run with each configuration (driver and
+//! QEMU), side by side.
 
-use crate::guest::{Config, Driver, Guest};
-use crate::{paths, Context, Opts, Result};
+use crate::guest::{Config, Driver, Guest, Qemu};
+use crate::{paths, plot, Context, Opts, Result};
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
-/// What one driver did in one run.
+/// One configuration of the comparison: a driver on a QEMU.
+#[derive(Clone, Copy)]
+struct Setup {
+    label: &'static str,
+    driver: Driver,
+    qemu: Qemu,
+}
+
+const C_DEBIAN: Setup = Setup {
+    label: "C driver",
+    driver: Driver::C,
+    qemu: Qemu::Debian,
+};
+const OURS_DEBIAN: Setup = Setup {
+    label: "ours",
+    driver: Driver::Rs,
+    qemu: Qemu::Debian,
+};
+const OURS_RANGES: Setup = Setup {
+    label: "ours, page records",
+    driver: Driver::Rs,
+    qemu: Qemu::OursRanges,
+};
+
+/// What one configuration did in one run.
 struct Run {
+    setup: Setup,
     driver: Driver,
     accel: &'static str,
     inflate: Duration,
     deflate: Duration,
     pages: u64,
+    /// The QEMU process's resident memory before and after inflating, in bytes (`dirty`
+    /// runs: the guest wrote its memory first, so all of it was resident).
+    rss_before: u64,
+    rss_after: u64,
     /// debugfs counters (ours only).
     counters: Vec<(String, u64)>,
     /// The statistics the host sees (QMP `guest-stats`), by name.
@@ -20,23 +50,44 @@ struct Run {
     clean_log: bool,
 }
 
-fn measure(d: Driver, mem_mib: u64, balloon_mib: u64, flavour: &'static str) -> Result<Run> {
-    let mut cfg = Config::new(&format!("report-{}", d.label()), mem_mib);
+fn measure(
+    s: Setup,
+    mem_mib: u64,
+    balloon_mib: u64,
+    flavour: &'static str,
+    dirty: bool,
+) -> Result<Run> {
+    let d = s.driver;
+    let mut cfg = Config::new(
+        &format!(
+            "report-{}{}",
+            d.label(),
+            s.qemu.label().replace([',', ' '], "-")
+        ),
+        mem_mib,
+    );
     cfg.flavour = flavour;
+    cfg.qemu = s.qemu;
     eprintln!(
         "[vbrs] {}: booting a {} MiB guest ({} kernel)",
-        d.name(),
-        mem_mib,
-        flavour
+        s.label, mem_mib, flavour
     );
     let mut g = Guest::boot(&cfg)?;
     g.load(d)?;
     let mem = g.ram_bytes();
     let target = mem - balloon_mib * MIB;
-    eprintln!("[vbrs] {}: inflating to {} MiB", d.name(), target / MIB);
+    if dirty {
+        // All of the guest's memory resident on the host: what inflating frees is visible.
+        let mib = g.meminfo("MemAvailable")? / 1024 - 256;
+        eprintln!("[vbrs] {}: writing and freeing {} MiB", s.label, mib);
+        crate::migrate::fill_and_free(&mut g, mib)?;
+    }
+    let rss_before = g.qemu_rss()?;
+    eprintln!("[vbrs] {}: inflating to {} MiB", s.label, target / MIB);
     g.balloon(target)?;
     let inflate = g.wait_actual(target, Duration::from_secs(900))?;
-    eprintln!("[vbrs] {}: deflating to {} MiB", d.name(), mem / MIB);
+    let rss_after = g.qemu_rss()?;
+    eprintln!("[vbrs] {}: deflating to {} MiB", s.label, mem / MIB);
     g.balloon(mem)?;
     let deflate = g.wait_actual(mem, Duration::from_secs(900))?;
     g.set_stats_interval(1)?;
@@ -61,55 +112,76 @@ fn measure(d: Driver, mem_mib: u64, balloon_mib: u64, flavour: &'static str) -> 
     }
     let clean_log = g.check_dmesg().is_ok();
     Ok(Run {
+        setup: s,
         driver: d,
         accel: g.accel,
         inflate,
         deflate,
         pages: balloon_mib * MIB / 4096,
+        rss_before,
+        rss_after,
         counters,
         stats,
         clean_log,
     })
 }
 
-fn print(runs: &[Run], mem_mib: u64, balloon_mib: u64) -> String {
+fn print(runs: &[Run], mem_mib: u64, balloon_mib: u64, dirty: bool) -> String {
     let mut s = format!(
-        "\nballoon {} MiB of a {} MiB guest ({}), same run for both drivers:\n\n",
+        "\nballoon {} MiB of a {} MiB guest ({}), one run, the configurations one after the other{}:\n\n",
         balloon_mib,
         mem_mib,
-        runs.first().map(|r| r.accel).unwrap_or("?")
+        runs.first().map(|r| r.accel).unwrap_or("?"),
+        if dirty {
+            "; the guest wrote and freed its memory first, so all of it was resident on the host"
+        } else {
+            ""
+        }
     );
     s += &format!(
-        "{:<20} {:>10} {:>12} {:>10} {:>12} {:>10} {:>6}\n",
-        "driver", "pages", "inflate ms", "MiB/s", "deflate ms", "MiB/s", "dmesg"
+        "{:<20} {:>10} {:>12} {:>8} {:>12} {:>8} {:>14} {:>8} {:>6}\n",
+        "configuration",
+        "pages",
+        "inflate ms",
+        "MiB/s",
+        "deflate ms",
+        "MiB/s",
+        "host RSS freed",
+        "% infl.",
+        "dmesg"
     );
     for r in runs {
         let rate = |d: Duration| balloon_mib as f64 / d.as_secs_f64().max(1e-9);
+        let freed = r.rss_before.saturating_sub(r.rss_after);
         s += &format!(
-            "{:<20} {:>10} {:>12} {:>10.0} {:>12} {:>10.0} {:>6}\n",
-            r.driver.name(),
+            "{:<20} {:>10} {:>12} {:>8.0} {:>12} {:>8.0} {:>10} MiB {:>8.1} {:>6}\n",
+            r.setup.label,
             r.pages,
             r.inflate.as_millis(),
             rate(r.inflate),
             r.deflate.as_millis(),
             rate(r.deflate),
+            freed / MIB,
+            100.0 * freed as f64 / (balloon_mib * MIB) as f64,
             if r.clean_log { "clean" } else { "SPLAT" }
         );
     }
-    if let [a, b] = runs {
-        s += &format!(
-            "\n{} / {}: inflate {:.2}x, deflate {:.2}x (time ratio; below 1 is faster)\n",
-            a.driver.name(),
-            b.driver.name(),
-            a.inflate.as_secs_f64() / b.inflate.as_secs_f64().max(1e-9),
-            a.deflate.as_secs_f64() / b.deflate.as_secs_f64().max(1e-9)
-        );
+    if let Some(base) = runs.iter().find(|r| r.driver == Driver::C) {
+        s += "\ntime ratio against the C driver (below 1 is faster):\n";
+        for r in runs.iter().filter(|r| r.driver != Driver::C) {
+            s += &format!(
+                "  {}: inflate {:.3}x, deflate {:.3}x\n",
+                r.setup.label,
+                r.inflate.as_secs_f64() / base.inflate.as_secs_f64().max(1e-9),
+                r.deflate.as_secs_f64() / base.deflate.as_secs_f64().max(1e-9)
+            );
+        }
     }
     if let Some(first) = runs.first() {
         s += "\nstatistics the host sees (QMP qom-get guest-stats; -: not reported):\n\n";
         s += &format!("{:<26}", "stat");
         for r in runs {
-            s += &format!(" {:>20}", r.driver.name());
+            s += &format!(" {:>20}", r.setup.label);
         }
         s += "\n";
         for (name, _) in &first.stats {
@@ -125,7 +197,7 @@ fn print(runs: &[Run], mem_mib: u64, balloon_mib: u64) -> String {
         }
     }
     for r in runs.iter().filter(|r| !r.counters.is_empty()) {
-        s += &format!("\n{} debugfs: ", r.driver.name());
+        s += &format!("\n{} debugfs: ", r.setup.label);
         s += &r
             .counters
             .iter()
@@ -137,62 +209,110 @@ fn print(runs: &[Run], mem_mib: u64, balloon_mib: u64) -> String {
     s
 }
 
-fn json(runs: &[Run], mem_mib: u64, balloon_mib: u64) -> String {
-    let items: Vec<serde_json::Value> = runs
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "driver": r.driver.name(),
-                "accel": r.accel,
-                "guest_mib": mem_mib,
-                "balloon_mib": balloon_mib,
-                "pages": r.pages,
-                "inflate_ms": r.inflate.as_secs_f64() * 1e3,
-                "deflate_ms": r.deflate.as_secs_f64() * 1e3,
-                "clean_dmesg": r.clean_log,
-            })
-        })
-        .collect();
-    serde_json::to_string_pretty(&items).unwrap_or_default()
+fn csv(runs: &[Run], mem_mib: u64, balloon_mib: u64) -> String {
+    let mut s = String::from(
+        "configuration,driver,qemu,accel,guest_mib,balloon_mib,pages,inflate_ms,deflate_ms,\
+         rss_before_bytes,rss_after_bytes,rss_freed_bytes,clean_dmesg\n",
+    );
+    for r in runs {
+        s += &format!(
+            "{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{}\n",
+            r.setup.label,
+            r.driver.name(),
+            match r.setup.qemu {
+                Qemu::Debian => "debian",
+                Qemu::Ours => "ours",
+                Qemu::OursRanges => "ours page-ranges=on",
+            },
+            r.accel,
+            mem_mib,
+            balloon_mib,
+            r.pages,
+            r.inflate.as_secs_f64() * 1e3,
+            r.deflate.as_secs_f64() * 1e3,
+            r.rss_before,
+            r.rss_after,
+            r.rss_before.saturating_sub(r.rss_after),
+            r.clean_log
+        );
+    }
+    s
 }
 
+/// Runs every configuration in `setups` once and writes `<out_name>.{txt,csv,svg}` next to the
+/// artifacts of `flavour`.
 fn side_by_side(
+    setups: &[Setup],
     mem_mib: u64,
     balloon_mib: u64,
     flavour: &'static str,
+    dirty: bool,
     out_name: &str,
 ) -> Result<bool> {
     let mut runs = Vec::new();
-    for d in [Driver::Rs, Driver::C] {
-        runs.push(measure(d, mem_mib, balloon_mib, flavour)?);
+    for s in setups {
+        runs.push(measure(*s, mem_mib, balloon_mib, flavour, dirty)?);
     }
-    let text = print(&runs, mem_mib, balloon_mib);
+    let text = print(&runs, mem_mib, balloon_mib, dirty);
     println!("{text}");
     let dir = paths::artifacts(flavour);
     std::fs::write(dir.join(format!("{out_name}.txt")), &text).ctx("writing the report")?;
     std::fs::write(
-        dir.join(format!("{out_name}.json")),
-        json(&runs, mem_mib, balloon_mib),
+        dir.join(format!("{out_name}.csv")),
+        csv(&runs, mem_mib, balloon_mib),
     )
     .ctx("writing the report")?;
+    let labels: Vec<&str> = runs.iter().map(|r| r.setup.label).collect();
+    let ms = |f: &dyn Fn(&Run) -> Duration| -> Vec<f64> {
+        runs.iter().map(|r| f(r).as_secs_f64() * 1e3).collect()
+    };
+    let svg = plot::bars(
+        &format!(
+            "Balloon {balloon_mib} MiB of a {mem_mib} MiB guest ({})",
+            runs.first().map(|r| r.accel).unwrap_or("?")
+        ),
+        "ms",
+        &labels,
+        &[
+            ("inflate", ms(&|r| r.inflate)),
+            ("deflate", ms(&|r| r.deflate)),
+        ],
+    );
+    std::fs::write(dir.join(format!("{out_name}.svg")), svg).ctx("writing the plot")?;
     println!(
         "(written to {})",
-        dir.join(format!("{out_name}.{{txt,json}}")).display()
+        dir.join(format!("{out_name}.{{txt,csv,svg}}")).display()
     );
     Ok(runs.iter().all(|r| r.clean_log))
 }
 
-/// `vbrs run`: a 2 GiB guest, balloon inflated to leave 512 MiB and back, both drivers.
+/// `vbrs run`: a 2 GiB guest, balloon inflated to leave 512 MiB and back, both drivers on
+/// Debian's QEMU.
 pub fn run(_opts: &Opts) -> Result<bool> {
-    side_by_side(2048, 1536, "debug", "run-report")
+    side_by_side(
+        &[OURS_DEBIAN, C_DEBIAN],
+        2048,
+        1536,
+        "debug",
+        false,
+        "run-report",
+    )
 }
 
-/// `vbrs bench`: an 8 GiB guest (by default), all but 1 GiB inflated and back, both drivers, on
-/// the kernel without debug options.
+/// `vbrs bench`: an 8 GiB guest (by default) that first writes and frees its memory, all but
+/// 1 GiB inflated and back: the C driver and ours on Debian's QEMU, ours with page records on
+/// ours; then the migration cases. On the kernel without debug options.
 pub fn bench(opts: &Opts) -> Result<bool> {
     let gib = opts.guest_gib.unwrap_or(8).max(2);
     let inflate = if opts.only.as_deref() != Some("migration") {
-        side_by_side(gib * 1024, (gib - 1) * 1024, "bench", "bench-inflate")?
+        side_by_side(
+            &[C_DEBIAN, OURS_DEBIAN, OURS_RANGES],
+            gib * 1024,
+            (gib - 1) * 1024,
+            "bench",
+            true,
+            "bench-inflate",
+        )?
     } else {
         true
     };

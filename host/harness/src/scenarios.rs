@@ -36,6 +36,8 @@ struct Scenario {
     mmio: bool,
     /// Our QEMU's model of KVM's lazy dirty-log clear, with hints applied 200 ms late.
     kvm_model: bool,
+    /// Extra properties of the balloon device.
+    props: &'static str,
     run: fn(&mut Guest, Driver, &mut Vec<Outcome>) -> Result<()>,
 }
 
@@ -56,8 +58,13 @@ impl Scenario {
             qemus: DEBIAN,
             mmio: false,
             kvm_model: false,
+            props: "",
             run,
         }
+    }
+    /// Extra properties of the balloon device (e.g. `,ranges-min-order=10`).
+    const fn props(self, props: &'static str) -> Self {
+        Scenario { props, ..self }
     }
     /// Our driver only.
     const fn ours_only(self) -> Self {
@@ -98,13 +105,35 @@ impl Scenario {
 const DEBIAN: &[Qemu] = &[Qemu::Debian];
 const OURS: &[Qemu] = &[Qemu::Ours];
 const BOTH: &[Qemu] = &[Qemu::Debian, Qemu::Ours];
+/// Our QEMU offering page records (`page-ranges=on`); with the C driver, which does not know
+/// the feature, this is the fallback to the standard format.
+const RANGES: &[Qemu] = &[Qemu::OursRanges];
+/// Debian's QEMU (our driver falls back to the standard format) and ours with page records.
+const DEBIAN_RANGES: &[Qemu] = &[Qemu::Debian, Qemu::OursRanges];
+/// Every migration runs on Debian's QEMU, ours, and ours with page records.
+const ALL: &[Qemu] = &[Qemu::Debian, Qemu::Ours, Qemu::OursRanges];
 
 const SCENARIOS: &[Scenario] = &[
     Scenario::new("load_unload", 512, load_unload).mmio(),
     Scenario::new("modalias_autoload", 512, modalias_autoload),
-    Scenario::new("inflate_deflate", 1024, inflate_deflate).mmio(),
-    Scenario::new("reverse_mid_inflate", 1024, reverse_mid_inflate).mmio(),
-    Scenario::new("unload_inflated", 1024, unload_inflated).mmio(),
+    Scenario::new("inflate_deflate", 1024, inflate_deflate)
+        .on(DEBIAN_RANGES)
+        .mmio(),
+    Scenario::new("inflate_host_rss", 1024, inflate_host_rss).on(DEBIAN_RANGES),
+    Scenario::new("reverse_mid_inflate", 1024, reverse_mid_inflate)
+        .on(DEBIAN_RANGES)
+        .mmio(),
+    Scenario::new("unload_inflated", 1024, unload_inflated)
+        .on(DEBIAN_RANGES)
+        .mmio(),
+    // Our QEMU without the property: the feature is not offered, our driver sends frame numbers.
+    Scenario::new("inflate_host_rss_ranges_off", 1024, inflate_host_rss)
+        .ours_only()
+        .on(OURS),
+    Scenario::new("ranges_min_order", 1024, ranges_min_order)
+        .ours_only()
+        .props(",ranges-min-order=10")
+        .on(RANGES),
     Scenario::new("unbind_rebind_inflated", 1024, unbind_rebind_inflated).mmio(),
     // Ours only: the C driver inflates down to the min watermark, and a guest with nothing
     // killable then panics ("System is deadlocked on memory") at its next allocation.
@@ -127,14 +156,14 @@ const SCENARIOS: &[Scenario] = &[
         .mmio(),
     Scenario::new("migrate_after_workload_hint", 1024, migrate_after_workload)
         .hint()
-        .on(BOTH)
+        .on(ALL)
         .mmio(),
     Scenario::new("migrate_during_churn", 1024, migrate_during_churn)
         .on(BOTH)
         .mmio(),
     Scenario::new("migrate_during_churn_hint", 1024, migrate_during_churn)
         .hint()
-        .on(BOTH)
+        .on(ALL)
         .mmio(),
     Scenario::new(
         "migrate_inflate_during_hint",
@@ -142,7 +171,7 @@ const SCENARIOS: &[Scenario] = &[
         migrate_inflate_during_hint,
     )
     .hint()
-    .on(BOTH)
+    .on(ALL)
     .mmio(),
     Scenario::new(
         "migrate_cancel_unload_hint",
@@ -163,7 +192,7 @@ const SCENARIOS: &[Scenario] = &[
     )
     .hint()
     .append("page_poison=1")
-    .on(OURS),
+    .on(&[Qemu::Ours, Qemu::OursRanges]),
     Scenario::new(
         "migrate_after_workload_hint_init_on_free",
         1024,
@@ -171,12 +200,12 @@ const SCENARIOS: &[Scenario] = &[
     )
     .hint()
     .append("init_on_free=1")
-    .on(OURS),
+    .on(&[Qemu::Ours, Qemu::OursRanges]),
     // KVM's lazy dirty-log clear, modelled by our QEMU: a hinted page written before the host
     // applies the hint is lost unless the driver owns it until then.
     Scenario::new("migrate_hint_kvm_model", 1024, migrate_hint_kvm_model)
         .hint()
-        .on(OURS)
+        .on(&[Qemu::Ours, Qemu::OursRanges])
         .kvm_model(),
 ];
 
@@ -288,6 +317,64 @@ fn deflate_all(g: &mut Guest, total0: u64) -> Result<()> {
 fn inflate_deflate(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
     let total0 = g.meminfo("MemTotal")?;
     inflate_to(g, d, 512, total0)?;
+    deflate_all(g, total0)
+}
+
+/// The host really gets the memory: once the guest has written (and freed) most of its memory,
+/// so that all of it is resident on the host, inflating 512 MiB makes the QEMU process's
+/// resident memory fall by at least 90% of that.
+fn inflate_host_rss(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    migrate::fill_and_free(g, 640)?;
+    let before = g.qemu_rss()?;
+    inflate_to(g, d, 512, total0)?;
+    let after = g.qemu_rss()?;
+    let freed = before.saturating_sub(after);
+    check(freed * 10 >= 512 * MIB * 9, || {
+        format!(
+            "QEMU's resident memory fell by {} MiB ({} to {} MiB) for 512 MiB inflated",
+            freed / MIB,
+            before / MIB,
+            after / MIB
+        )
+    })?;
+    if d == Driver::Rs && g.cfg.qemu == Qemu::OursRanges {
+        // Whole blocks travel as runs: a few records, not 512 MiB of frame numbers.
+        let (buffers, runs, bytes) = (
+            debugfs(g, "record_buffers")?,
+            debugfs(g, "record_runs")?,
+            debugfs(g, "record_bytes")?,
+        );
+        check(buffers > 0 && runs > 0 && bytes < 512 * 256 * 4 / 8, || {
+            format!(
+                "{buffers} record buffers, {runs} runs, {bytes} bytes for 512 MiB (the standard \
+                 format takes {} bytes)",
+                512 * 256 * 4
+            )
+        })?;
+    }
+    deflate_all(g, total0)
+}
+
+/// The host asks for blocks of order 10 (`ranges-min-order=10`): the balloon takes 4 MiB blocks,
+/// so every range it sends is at least 1024 pages long.
+fn ranges_min_order(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    check(debugfs(g, "ranges_min_order")? == 10, || {
+        "debugfs ranges_min_order is not the host's 10".into()
+    })?;
+    check(debugfs(g, "block_order")? == 10, || {
+        "the balloon does not take blocks of order 10".into()
+    })?;
+    inflate_to(g, d, 256, total0)?;
+    let short: u64 = ["1", "2_7", "8_63", "64_511"]
+        .iter()
+        .map(|b| debugfs(g, &format!("range_len_{b}")))
+        .sum::<Result<u64>>()?;
+    let long = debugfs(g, "range_len_512_4095")? + debugfs(g, "range_len_4096_up")?;
+    check(short == 0 && long > 0, || {
+        format!("{short} ranges shorter than 512 pages and {long} longer sent for 4 MiB blocks")
+    })?;
     deflate_all(g, total0)
 }
 
@@ -986,13 +1073,18 @@ fn run_one(s: &Scenario, d: Driver, q: Qemu, t: Transport) -> Vec<Outcome> {
     let start = Instant::now();
     let mut extra = Vec::new();
     let res = (|| -> Result<()> {
-        let qname = if q == Qemu::Ours { "-ourqemu" } else { "" };
+        let qname = match q {
+            Qemu::Debian => "",
+            Qemu::Ours => "-ourqemu",
+            Qemu::OursRanges => "-ranges",
+        };
         let tname = if t == Transport::Mmio { "-mmio" } else { "" };
         let mut cfg = Config::new(
             &format!("{}-{}{qname}{tname}", s.name, d.label()),
             s.mem_mib,
         );
         cfg.append = s.append.into();
+        cfg.balloon_props = s.props.into();
         cfg.free_page_hint = s.hint;
         cfg.qemu = q;
         cfg.transport = t;
@@ -1001,6 +1093,14 @@ fn run_one(s: &Scenario, d: Driver, q: Qemu, t: Transport) -> Vec<Outcome> {
         }
         let mut g = Guest::boot(&cfg)?;
         g.load(d)?;
+        if d == Driver::Rs {
+            // Page records exactly where the host offers them.
+            let ranges = debugfs(&mut g, "page_ranges")?;
+            let offered = q == Qemu::OursRanges;
+            check(ranges == u64::from(offered), || {
+                format!("debugfs page_ranges {ranges} with the feature offered: {offered}")
+            })?;
+        }
         let r = (s.run)(&mut g, d, &mut extra);
         let splat = g.check_dmesg();
         r?;

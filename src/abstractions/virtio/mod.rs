@@ -22,7 +22,7 @@ mod device;
 mod queue;
 
 pub(crate) use device::{balloon, Binding, Bound, Core, Device};
-pub(crate) use queue::{Buffer, DeviceWritable, Payload, QueueSpec, Queues, Virtqueue};
+pub(crate) use queue::{Buffer, DeviceWritable, OutBuf, Payload, QueueSpec, Queues, Virtqueue};
 
 use core::{
     marker::PhantomData,

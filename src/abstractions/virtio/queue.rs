@@ -16,13 +16,13 @@
 //! [`super::Driver::vq_done`]: the lock is not interrupt-safe, so that would deadlock.
 //! What it cannot do: reach a deleted queue (a handle kept after removal finds its slot empty
 //! and every operation fails or returns nothing), give the device memory it does not own (bytes
-//! must lie inside the buffer's box; scatter-gather entries come from [`DeviceWritable`], an
-//! unsafe trait), get back a buffer of another type (a slot's type is fixed when it is taken),
+//! must lie inside the buffer's box or in an [`OutBuf`] it holds; scatter-gather entries come
+//! from [`DeviceWritable`], an unsafe trait), get back a buffer of another type (a slot's type is fixed when it is taken),
 //! or leak a queued buffer.
 
 use core::{marker::PhantomData, mem::MaybeUninit, ptr::NonNull};
 use kernel::{
-    alloc::KBox,
+    alloc::{flags::GFP_KERNEL, KBox, KVec},
     bindings, new_spinlock,
     prelude::*,
     str::CStr,
@@ -47,8 +47,40 @@ pub(crate) enum Payload<'a> {
     /// Bytes the device reads. They must lie inside the buffer itself (they are checked); the
     /// buffer is boxed, so they do not move while it is queued.
     Out(&'a [u8]),
+    /// The first bytes (as many as given) of an [`OutBuf`] the device reads.
+    OutBuf(&'a OutBuf, usize),
     /// Memory the device may write, described by a scatter-gather table.
     In(&'a mut dyn DeviceWritable),
+}
+
+/// A byte buffer of its own allocation that a device reads, for payloads too large to sit
+/// inside a buffer's box (up to a few pages).
+///
+/// A buffer that shows it as its payload owns it (or shares it, read-only, with others that keep
+/// it alive), so it stays allocated and unchanged while the buffer is queued: changing its bytes
+/// needs `&mut`.
+///
+/// # Invariants
+///
+/// `bytes` is a kmalloc allocation (physically contiguous, in the linear map) of at least one
+/// byte, never reallocated.
+pub(crate) struct OutBuf {
+    bytes: KVec<u8>,
+}
+
+impl OutBuf {
+    /// A zeroed buffer of `len` bytes (at least 1).
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        // INVARIANT: `KVec` allocates with kmalloc; the length is fixed from here on.
+        Ok(Self {
+            bytes: KVec::from_elem(0u8, len.max(1), GFP_KERNEL)?,
+        })
+    }
+
+    /// The bytes, to fill.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
 }
 
 /// Memory owned by a buffer that a device may write, described by a scatter-gather table.
@@ -233,6 +265,21 @@ impl<B: Buffer> Virtqueue<B> {
                         start as *const core::ffi::c_void,
                         bytes.len() as u32,
                     )
+                };
+                (one.as_mut_ptr(), 1, true)
+            }
+            Payload::OutBuf(b, len) => {
+                if len == 0 || len > b.bytes.len() || len > u32::MAX as usize {
+                    return Err((EINVAL, buf));
+                }
+                // SAFETY: `one` is valid for writes; by the invariant of `OutBuf` its bytes are
+                // a kmalloc allocation (a struct page for each, in the linear map) of at least
+                // `len` bytes. They stay allocated and unchanged while the buffer is queued:
+                // `B: 'static` and the queue holds the box, so the `OutBuf` is owned by the
+                // buffer, shared through an `Arc` the buffer holds, or leaked (`'static`), and
+                // in none of these cases can anything reach it with `&mut` meanwhile.
+                unsafe {
+                    bindings::sg_init_one(one.as_mut_ptr(), b.bytes.as_ptr().cast(), len as u32)
                 };
                 (one.as_mut_ptr(), 1, true)
             }
