@@ -62,6 +62,9 @@ const BACKOFF_MAX_MS: u32 = 5000;
 /// How long the host may take to use a buffer before the driver gives up on it.
 const HOST_TIMEOUT_MS: u32 = 10_000;
 
+// `clamp` in `TargetPart::new` cannot panic.
+const _: () = assert!(BLOCK_ORDER <= MAX_PAGE_ORDER);
+
 // The driver only handles 4 KiB pages, the balloon's unit.
 const _: () = assert!(kernel::page::PAGE_SIZE == 1 << PFN_SHIFT);
 
@@ -307,8 +310,8 @@ impl TargetPart {
             .max(1);
         let pool = Pool::new(batches, make)?;
         let block_order = match min_order {
-            // At least 2 MiB, at most what the allocator has (`min` last: never a panic).
-            Some(order) => order.max(BLOCK_ORDER).min(MAX_PAGE_ORDER),
+            // At least 2 MiB, at most what the allocator has.
+            Some(order) => order.clamp(BLOCK_ORDER, MAX_PAGE_ORDER),
             None => BLOCK_ORDER,
         };
         let guest_pages = totalram_pages();
