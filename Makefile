@@ -37,8 +37,8 @@ run: modules harness
 test: modules qemu harness
 	@$(VBRS) test $(if $(FILTER),--filter '$(FILTER)') $(if $(DRIVER),--driver $(DRIVER))
 
-## Both drivers side by side on the kernel without debug options (8 GiB guest).
-bench: bench-build harness
+## Both drivers side by side (and ours with page records on our QEMU), kernel without debug options.
+bench: bench-build qemu harness
 	@$(VBRS) bench $(if $(GUEST_GIB),--guest-gib $(GUEST_GIB)) $(if $(ONLY),--only $(ONLY)) $(if $(REPS),--reps $(REPS)) $(foreach c,$(CASES),--case $(c))
 
 ## Boot a guest and type commands into it (DRIVER=rs|c).

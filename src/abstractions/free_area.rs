@@ -3,11 +3,11 @@
 //! Free blocks lent by the buddy allocator for free page hinting (`mm/page_hinting.c`).
 //!
 //! [`HintWalk`] is mm's walk over the free memory of every populated zone, the highest zone
-//! first and each from its top frame down (live migration sends memory from the bottom up, so
-//! the first hints name what it reaches last). [`HintBlocks::isolate`] asks mm for the next
-//! free blocks: mm takes them off its free lists under the zone's lock (one hold, a bounded
-//! number of frames and at most `PAGE_HINTING_BATCH` blocks, never below the zone's low
-//! watermark) and hands them over. From then on the blocks are owned by the
+//! first: its free pageblocks from the top of the zone down (live migration sends memory from
+//! the bottom up, so the first hints name what it reaches last), then its smaller free blocks
+//! from the free lists. [`HintBlocks::isolate`] asks mm for the next free blocks: mm takes them
+//! off its free lists under the zone's lock (one hold, a bounded number of steps and at most
+//! `PAGE_HINTING_BATCH` blocks, never below the zone's low watermark) and hands them over. From then on the blocks are owned by the
 //! [`HintBlocks`] that holds them: nobody can allocate, and so write, them while a device acts
 //! on the hint. Dropping the [`HintBlocks`] (or [`HintBlocks::release`]) gives them back to the
 //! tail of their free lists; mm writes the poison pattern or zeroes into them first when page

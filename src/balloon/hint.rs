@@ -55,7 +55,7 @@ pub(crate) fn buffer_pages(total: u64) -> u64 {
 }
 
 /// Calls of the walk that find no block, in a row, after which a buffer is sent as it is (16
-/// holds of at most 512 frames each: 32 MiB or more of allocated memory passed).
+/// holds of up to 512 steps each over pageblocks or lists without a free block).
 const FLUSH_AFTER_EMPTY: u32 = 16;
 
 /// How long the host may take to use a hint buffer before the round is given up.
