@@ -14,7 +14,8 @@ fn escape(s: &str) -> String {
 /// A grouped bar chart: one group per label, one bar per series (name, one value per label), a
 /// value axis in `unit` starting at 0.
 pub fn bars(title: &str, unit: &str, labels: &[&str], series: &[(&str, Vec<f64>)]) -> String {
-    let (w, h) = (160 + 150 * labels.len().max(1), 360.0_f64);
+    let w = (160 + 150 * labels.len().max(1)).max(100 + 150 * series.len());
+    let h = 360.0_f64;
     let (left, top, bottom) = (70.0_f64, 50.0_f64, 80.0_f64);
     let plot_h = h - top - bottom;
     let max = series
@@ -82,7 +83,7 @@ pub fn bars(title: &str, unit: &str, labels: &[&str], series: &[(&str, Vec<f64>)
         );
     }
     for (k, (name, _)) in series.iter().enumerate() {
-        let x = left + 140.0 * k as f64;
+        let x = left + 150.0 * k as f64;
         let y = h - 24.0;
         s += &format!(
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>\n\
