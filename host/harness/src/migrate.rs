@@ -171,6 +171,21 @@ pub fn fill_and_free(g: &mut Guest, mib: u64) -> Result<()> {
     .map(|_| ())
 }
 
+/// Writes `mib` MiB of guest memory with random data and frees it, in a tmpfs of its own sized
+/// for it (`/tmp` holds at most half of memory), failing if a write fails: afterwards all of that
+/// memory has been written, so it is resident on the host.
+pub fn write_and_free(g: &mut Guest, mib: u64) -> Result<()> {
+    let blocks = mib.div_ceil(16);
+    g.sh(&format!(
+        "set -e; mkdir -p /mnt/fill; mount -t tmpfs -o size={}m fill /mnt/fill; \
+         dd if=/dev/urandom of=/mnt/fill/seed bs=1048576 count=16 2>/dev/null; \
+         i=1; while [ $i -lt {blocks} ]; do cat /mnt/fill/seed >> /mnt/fill/data; i=$((i+1)); done; \
+         umount /mnt/fill",
+        blocks * 16 + 16
+    ))
+    .map(|_| ())
+}
+
 const CHURN: &str = r#"i=0
 while [ ! -e /tmp/churn.stop ]; do
 	f=f$((i % 4))

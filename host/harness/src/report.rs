@@ -80,7 +80,7 @@ fn measure(
         // All of the guest's memory resident on the host: what inflating frees is visible.
         let mib = g.meminfo("MemAvailable")? / 1024 - 256;
         eprintln!("[vbrs] {}: writing and freeing {} MiB", s.label, mib);
-        crate::migrate::fill_and_free(&mut g, mib)?;
+        crate::migrate::write_and_free(&mut g, mib)?;
     }
     let rss_before = g.qemu_rss()?;
     eprintln!("[vbrs] {}: inflating to {} MiB", s.label, target / MIB);

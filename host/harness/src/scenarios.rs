@@ -325,7 +325,7 @@ fn inflate_deflate(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()>
 /// resident memory fall by at least 90% of that.
 fn inflate_host_rss(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
     let total0 = g.meminfo("MemTotal")?;
-    migrate::fill_and_free(g, 640)?;
+    migrate::write_and_free(g, 640)?;
     let before = g.qemu_rss()?;
     inflate_to(g, d, 512, total0)?;
     let after = g.qemu_rss()?;
