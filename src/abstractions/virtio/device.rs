@@ -257,12 +257,11 @@ pub(crate) mod balloon {
     /// The smallest block the host wants inflated, as an order of 4 KiB pages
     /// (`VIRTIO_BALLOON_F_PAGE_RANGES`, `docs/spec/page-ranges.md`).
     pub(crate) const RANGES_MIN_ORDER: Field<u32> =
+        // Like every optional field, this trusts the device to offer the bit only with the field
+        // (a device using bit 16 otherwise, with a shorter config space, would trip virtio-pci's
+        // `BUG_ON` in `vp_get`, as the C driver would for `poison_val`).
         // SAFETY: `ranges_min_order` follows `poison_val` (the end of the C struct); devices
-        // offering page records have it (docs/spec/page-ranges.md). Like every optional field,
-        // this trusts the device to offer the bit only with the field: a device that used bit
-        // 16 for something else with a shorter config space would trip the transport's own
-        // bounds check (`BUG_ON` in virtio-pci's `vp_get`), as the C driver would for
-        // `poison_val`.
+        // offering page records have it (docs/spec/page-ranges.md).
         unsafe {
             Field::new(
                 offset_of!(C, poison_val) + 4,

@@ -272,12 +272,11 @@ impl<B: Buffer> Virtqueue<B> {
                 if len == 0 || len > b.bytes.len() || len > u32::MAX as usize {
                     return Err((EINVAL, buf));
                 }
-                // SAFETY: `one` is valid for writes; by the invariant of `OutBuf` its bytes are
-                // a kmalloc allocation (a struct page for each, in the linear map) of at least
-                // `len` bytes. They stay allocated and unchanged while the buffer is queued:
-                // `B: 'static` and the queue holds the box, so the `OutBuf` is owned by the
-                // buffer, shared through an `Arc` the buffer holds, or leaked (`'static`), and
-                // in none of these cases can anything reach it with `&mut` meanwhile.
+                // The bytes stay allocated and unchanged while the buffer is queued: `B: 'static`
+                // and the queue holds the box, so the `OutBuf` is owned by the buffer, shared
+                // through an `Arc` it holds, or leaked, and nothing can reach it with `&mut`.
+                // SAFETY: `one` is valid for writes; by the invariant of `OutBuf` its bytes are a
+                // kmalloc allocation (in the linear map) of at least `len` bytes, kept (above).
                 unsafe {
                     bindings::sg_init_one(one.as_mut_ptr(), b.bytes.as_ptr().cast(), len as u32)
                 };
