@@ -681,6 +681,74 @@ mod collector {
         }
     }
 
+    proptest! {
+        #[test]
+        fn ranges_and_frames_arrive_once(
+            runs in prop::collection::btree_map(0u64..4000, 1u64..600, 1..300),
+            seed in any::<u64>(),
+        ) {
+            // Disjoint runs (whole blocks or single pages, as the balloon takes them), pushed in
+            // a scrambled order; a run the collector refuses goes into the next buffer.
+            let mut items: Vec<(u64, u64)> = Vec::new();
+            let mut next_free = 0u64;
+            for (&start, &len) in &runs {
+                let pfn = (start * 1024).max(next_free);
+                items.push((pfn, len));
+                next_free = pfn + len;
+            }
+            let mut x = seed | 1;
+            for i in (1..items.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                items.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut ranges = std::vec![Range { pfn: 0, pages: 0 }; RANGES_PER_BUFFER];
+            let mut c = Collector::new();
+            let mut got = Vec::new();
+            let mut out = std::vec![0u8; MAX_BUFFER_BYTES];
+            let mut flush = |c: &mut Collector, ranges: &mut Vec<Range>, got: &mut Vec<u64>| {
+                let pages = c.pages();
+                let (enc, n) = c.finish(ranges, &mut out);
+                assert_eq!(enc.ranges, n, "a collected range was not encoded");
+                let sum = decode(&out[..enc.bytes], u64::MAX, |r| got.extend(r.pfn..r.end()))
+                    .expect("own encoding rejected");
+                assert_eq!(sum.pages, pages);
+            };
+            for &(pfn, len) in &items {
+                if !c.push_range(&mut ranges, pfn, len) {
+                    flush(&mut c, &mut ranges, &mut got);
+                    prop_assert!(c.push_range(&mut ranges, pfn, len), "an empty collector refused");
+                }
+            }
+            if c.pages() > 0 {
+                flush(&mut c, &mut ranges, &mut got);
+            }
+            got.sort_unstable();
+            let want: Vec<u64> = items.iter().flat_map(|&(p, l)| p..p + l).collect::<BTreeSet<_>>()
+                .into_iter().collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn push_range_refuses_what_it_cannot_hold() {
+        let mut ranges = std::vec![Range { pfn: 0, pages: 0 }; RANGES_PER_BUFFER];
+        let mut c = Collector::new();
+        assert!(
+            !c.push_range(&mut ranges, 10, 0),
+            "an empty range was taken"
+        );
+        assert!(
+            !c.push_range(&mut ranges, u64::MAX - 1, 4),
+            "a range past the last frame"
+        );
+        assert!(c.push_range(&mut ranges, 0, u64::from(u32::MAX) - 1));
+        // 2^32 - 1 frames at most, even where the range would merge.
+        assert!(!c.push_range(&mut ranges, u64::from(u32::MAX) - 1, 2));
+        assert!(c.push_range(&mut ranges, u64::from(u32::MAX) - 1, 1));
+        assert!(!c.push(&mut ranges, 1 << 40));
+        assert_eq!(c.pages(), u64::from(u32::MAX));
+    }
+
     #[test]
     fn refuses_before_overflow() {
         // Frames two apart: every one a range of its own, the costliest case per frame.

@@ -60,35 +60,6 @@ impl OwnedPage {
         NonNull::new(ptr).map(|ptr| Self { ptr })
     }
 
-    /// Allocates `1 << order` contiguous pages for the balloon in one go, without reclaim or
-    /// compaction (it fails at once when no free block of that order is left), and splits them
-    /// into order-0 pages handed out by the returned [`PageBlock`].
-    ///
-    /// Whole blocks let the host free whole huge pages behind the balloon, and cost one
-    /// allocation instead of `1 << order`.
-    pub(crate) fn alloc_block_for_balloon(order: u32) -> Option<PageBlock> {
-        if order > MAX_PAGE_ORDER {
-            return None;
-        }
-        let gfp = bindings::__GFP_HIGHMEM
-            | bindings::__GFP_NOMEMALLOC
-            | bindings::__GFP_NORETRY
-            | bindings::__GFP_NOWARN;
-        // SAFETY: `alloc_pages` may be called with these flags from any context that may
-        // allocate; they never sleep.
-        let ptr = NonNull::new(unsafe { bindings::alloc_pages(gfp, order) })?;
-        // SAFETY: `ptr` is a fresh, non-compound block of `order` that we own.
-        unsafe { bindings::split_page(ptr.as_ptr(), order) };
-        // SAFETY: `ptr` is a valid page.
-        let pfn = unsafe { bindings::page_to_pfn(ptr.as_ptr()) } as u64;
-        // INVARIANT: after `split_page` each of the `1 << order` pages is an order-0 page with
-        // its own reference, all owned by the block.
-        Some(PageBlock {
-            next: pfn,
-            end: pfn + (1u64 << order),
-        })
-    }
-
     /// The page's frame number.
     pub(crate) fn pfn(&self) -> u64 {
         // SAFETY: By the type invariant `ptr` is a valid page.
@@ -113,6 +84,110 @@ impl Drop for OwnedPage {
     fn drop(&mut self) {
         // SAFETY: By the type invariant we own the only reference to this order-0 page.
         unsafe { bindings::__free_pages(self.ptr.as_ptr(), 0) };
+    }
+}
+
+/// `1 << order` contiguous pages owned by the driver as one unsplit block.
+///
+/// # Invariants
+///
+/// `ptr` is the first page of a non-compound block of `order` returned by `alloc_pages` that this
+/// object owns: the first page holds the only reference (the others have none, as the allocator
+/// leaves them), no page of the block is on a list, has a page type or a `private` value.
+pub(crate) struct OwnedBlock {
+    ptr: NonNull<bindings::page>,
+    order: u32,
+}
+
+// SAFETY: An owned block is plain memory, not tied to the thread that allocated it.
+unsafe impl Send for OwnedBlock {}
+
+impl OwnedBlock {
+    /// Allocates `1 << order` contiguous pages for the balloon in one go, without reclaim or
+    /// compaction (it fails at once when no free block of that order is left), with the flags of
+    /// [`OwnedPage::alloc_for_balloon`] otherwise.
+    ///
+    /// Whole blocks let the host free whole huge pages behind the balloon, and cost one
+    /// allocation instead of `1 << order`.
+    pub(crate) fn alloc_for_balloon(order: u32) -> Option<OwnedBlock> {
+        if order > MAX_PAGE_ORDER {
+            return None;
+        }
+        let gfp = bindings::__GFP_HIGHMEM
+            | bindings::__GFP_NOMEMALLOC
+            | bindings::__GFP_NORETRY
+            | bindings::__GFP_NOWARN;
+        // SAFETY: `alloc_pages` may be called with these flags from any context that may
+        // allocate; they never sleep.
+        let ptr = NonNull::new(unsafe { bindings::alloc_pages(gfp, order) })?;
+        // INVARIANT: a non-null result is a fresh, non-compound block of `order` that we own.
+        Some(OwnedBlock { ptr, order })
+    }
+
+    /// The block's order.
+    pub(crate) fn order(&self) -> u32 {
+        self.order
+    }
+
+    /// Frame number of the block's first page.
+    pub(crate) fn pfn(&self) -> u64 {
+        // SAFETY: By the type invariant `ptr` is a valid page.
+        unsafe { bindings::page_to_pfn(self.ptr.as_ptr()) as u64 }
+    }
+
+    /// Splits the block into order-0 pages, handed out by the returned [`PageBlock`].
+    pub(crate) fn split(self) -> PageBlock {
+        let (ptr, order) = (self.ptr, self.order);
+        core::mem::forget(self);
+        // SAFETY: `ptr` is a non-compound block of `order` that we own (type invariant).
+        unsafe { bindings::split_page(ptr.as_ptr(), order) };
+        // SAFETY: `ptr` is a valid page.
+        let pfn = unsafe { bindings::page_to_pfn(ptr.as_ptr()) } as u64;
+        // INVARIANT: after `split_page` each of the `1 << order` pages is an order-0 page with
+        // its own reference, all owned by the block.
+        PageBlock {
+            next: pfn,
+            end: pfn + (1u64 << order),
+        }
+    }
+
+    /// Adds `delta` blocks to the managed page count of the block's zone and of the system.
+    fn adjust_managed(&self, delta: i64) {
+        // SAFETY: By the type invariant `ptr` is a valid page; a block lies in one zone.
+        unsafe {
+            bindings::adjust_managed_page_count(self.ptr.as_ptr(), (delta << self.order) as _)
+        };
+    }
+
+    /// Marks every page of the block `PageOffline` (`true`) or clears the mark.
+    fn set_offline(&self, offline: bool) {
+        for i in 0..1usize << self.order {
+            // SAFETY: The block's pages are consecutive `struct page`s (a buddy block never
+            // crosses a memory section), all owned by us (type invariant); a page's type is set
+            // only when it has none and cleared only when it is `PageOffline` (the callers
+            // alternate).
+            unsafe {
+                let page = self.ptr.as_ptr().add(i);
+                if offline {
+                    bindings::__SetPageOffline(page);
+                } else {
+                    bindings::__ClearPageOffline(page);
+                }
+            }
+        }
+    }
+
+    fn into_raw(self) -> NonNull<bindings::page> {
+        let ptr = self.ptr;
+        core::mem::forget(self);
+        ptr
+    }
+}
+
+impl Drop for OwnedBlock {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant we own this non-compound block of `order`.
+        unsafe { bindings::__free_pages(self.ptr.as_ptr(), self.order) };
     }
 }
 
@@ -191,11 +266,6 @@ impl PageStack {
         self.len
     }
 
-    /// Whether the stack is empty.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Takes ownership of `page`, which leaves the guest's managed memory.
     pub(crate) fn push(&mut self, page: OwnedPage) {
         page.adjust_managed(-1);
@@ -260,6 +330,99 @@ impl PageStack {
 impl Drop for PageStack {
     fn drop(&mut self) {
         // Each page goes back to the managed count, then to the allocator.
+        while self.pop().is_some() {}
+    }
+}
+
+/// The whole blocks of a balloon, all of one order: a last-in first-out collection linked
+/// through the first page's `private` field, so it needs no memory of its own.
+///
+/// A block in a stack has left the guest's managed memory and each of its pages is
+/// `PageOffline`, as in a [`PageStack`]; [`BlockStack::pop`] and dropping the stack undo both.
+///
+/// # Invariants
+///
+/// `head` is null or the first page of the first of `len` blocks of `order`, each owned by the
+/// stack (as an [`OwnedBlock`] owns it), every page of each marked `PageOffline`, `1 << order`
+/// pages each subtracted from the managed page count; a block's first page's `private` field
+/// holds the next block's first page (0 for the last one).
+pub(crate) struct BlockStack {
+    head: *mut bindings::page,
+    len: usize,
+    order: u32,
+}
+
+// SAFETY: The stack owns its blocks exclusively; they are not tied to a thread.
+unsafe impl Send for BlockStack {}
+
+impl BlockStack {
+    /// An empty stack for blocks of `order`.
+    pub(crate) const fn new(order: u32) -> Self {
+        Self {
+            head: core::ptr::null_mut(),
+            len: 0,
+            order,
+        }
+    }
+
+    /// Order of the blocks the stack takes.
+    pub(crate) fn order(&self) -> u32 {
+        self.order
+    }
+
+    /// Number of pages held.
+    pub(crate) fn pages(&self) -> u64 {
+        (self.len as u64) << self.order
+    }
+
+    /// Whether the stack is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes ownership of `block`, which leaves the guest's managed memory; hands it back if it
+    /// is not of the stack's order.
+    pub(crate) fn push(&mut self, block: OwnedBlock) -> core::result::Result<(), OwnedBlock> {
+        if block.order != self.order {
+            return Err(block);
+        }
+        block.adjust_managed(-1);
+        block.set_offline(true);
+        let ptr = block.into_raw().as_ptr();
+        // SAFETY: `ptr` is the first page of a block we own, its `private` field unused.
+        unsafe { bindings::set_page_private(ptr, self.head as usize as _) };
+        // INVARIANT: the block is owned, offline, accounted and links to the previous head.
+        self.head = ptr;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Gives back the most recently pushed block, back in the guest's managed memory.
+    pub(crate) fn pop(&mut self) -> Option<OwnedBlock> {
+        let ptr = NonNull::new(self.head)?;
+        // SAFETY: By the type invariant `ptr` is the first page of an owned block whose
+        // `private` field links to the next one.
+        let next = unsafe {
+            let next = bindings::page_private(ptr.as_ptr()) as usize as *mut bindings::page;
+            bindings::set_page_private(ptr.as_ptr(), 0);
+            next
+        };
+        self.head = next;
+        self.len -= 1;
+        let block = OwnedBlock {
+            ptr,
+            order: self.order,
+        };
+        block.set_offline(false);
+        block.adjust_managed(1);
+        // INVARIANT: the block left the stack with `private` cleared, no page type, accounted.
+        Some(block)
+    }
+}
+
+impl Drop for BlockStack {
+    fn drop(&mut self) {
+        // Each block goes back to the managed count, then to the allocator.
         while self.pop().is_some() {}
     }
 }

@@ -18,7 +18,10 @@ use super::counters;
 use super::events::{Events, WAKE_TARGET};
 use super::pool::{MakeBuf, Pool};
 use crate::abstractions::{
-    mm::{available_pages, totalram_pages, OwnedPage, PageBlock, PageStack, MAX_PAGE_ORDER},
+    mm::{
+        available_pages, totalram_pages, BlockStack, OwnedBlock, OwnedPage, PageBlock, PageStack,
+        MAX_PAGE_ORDER,
+    },
     virtio::{balloon as cfg, Buffer, OutBuf, Payload, Virtqueue},
     wait::ms_to_jiffies,
 };
@@ -51,6 +54,8 @@ const BLOCK_ORDER: u32 = 9;
 pub(crate) const RECORD_BATCH_PAGES: u64 = 4096;
 /// Page-record batches in flight at most.
 const RECORD_BATCHES: usize = 8;
+/// Whole blocks one page-record batch holds at most.
+const BATCH_BLOCKS: usize = (RECORD_BATCH_PAGES >> BLOCK_ORDER) as usize;
 /// The balloon leaves the guest at least 1/256 of its memory available, and at least 8 MiB: an
 /// over-large target must not drive the guest into the OOM killer (with nothing left to kill,
 /// that is a panic).
@@ -97,9 +102,16 @@ enum Refused {
 
 /// One descriptor's worth of pages and their frames on the wire. Its pages are out of the
 /// guest's memory while it holds them; dropping it gives them back.
+///
+/// With page records a batch also carries whole blocks (never split: one allocation, one
+/// managed-page update and one range each); they leave the guest's managed memory when they
+/// reach the balloon, after the host has used the batch.
 pub(crate) struct Batch {
     wire: Wire,
     pages: PageStack,
+    blocks: [Option<OwnedBlock>; BATCH_BLOCKS],
+    /// Pages in `blocks`.
+    block_pages: u64,
 }
 
 impl Buffer for Batch {
@@ -118,6 +130,8 @@ impl Batch {
             Self {
                 wire: Wire::Pfns(PfnArray::new()),
                 pages: PageStack::new(),
+                blocks: Default::default(),
+                block_pages: 0,
             },
             GFP_KERNEL,
         )?)
@@ -138,6 +152,8 @@ impl Batch {
             Self {
                 wire: Wire::Records(records),
                 pages: PageStack::new(),
+                blocks: Default::default(),
+                block_pages: 0,
             },
             GFP_KERNEL,
         )?)
@@ -145,7 +161,56 @@ impl Batch {
 
     /// Pages in the batch.
     fn len(&self) -> usize {
-        self.pages.len()
+        self.pages.len() + self.block_pages as usize
+    }
+
+    /// Whether the batch can take a whole block of `pages` pages (only page records can).
+    fn has_room_for_block(&self, pages: u64) -> bool {
+        match &self.wire {
+            Wire::Pfns(_) => false,
+            Wire::Records(r) => {
+                r.collector.pages() + pages <= RECORD_BATCH_PAGES
+                    && self.blocks.iter().any(Option::is_none)
+            }
+        }
+    }
+
+    /// Adds a whole block and its frames, or hands the block back.
+    fn push_block(&mut self, block: OwnedBlock) -> core::result::Result<(), OwnedBlock> {
+        let pages = 1u64 << block.order();
+        if !self.has_room_for_block(pages) {
+            return Err(block);
+        }
+        let Wire::Records(r) = &mut self.wire else {
+            return Err(block);
+        };
+        let Some(slot) = self.blocks.iter_mut().find(|b| b.is_none()) else {
+            return Err(block);
+        };
+        let Records {
+            collector, ranges, ..
+        } = &mut **r;
+        if !collector.push_range(ranges, block.pfn(), pages) {
+            return Err(block);
+        }
+        *slot = Some(block);
+        self.block_pages += pages;
+        Ok(())
+    }
+
+    /// Moves the batch's pages and blocks into the balloon.
+    fn move_to_balloon(&mut self, pages: &mut PageStack, blocks: &mut BlockStack) {
+        pages.append(&mut self.pages);
+        for block in self.blocks.iter_mut().filter_map(Option::take) {
+            if let Err(block) = blocks.push(block) {
+                // Not of the balloon's block order: kept as pages.
+                for page in block.split() {
+                    pages.push(page);
+                }
+            }
+        }
+        self.block_pages = 0;
+        self.clear_wire();
     }
 
     /// Whether the batch takes no more pages.
@@ -213,6 +278,10 @@ impl Batch {
         while let Some(page) = self.pages.pop() {
             drop(page);
         }
+        for block in self.blocks.iter_mut().filter_map(Option::take) {
+            drop(block);
+        }
+        self.block_pages = 0;
         self.clear_wire();
     }
 }
@@ -223,8 +292,10 @@ pub(crate) struct TargetState {
     deflate_vq: Virtqueue<Batch>,
     /// Batches not in flight.
     pool: Pool<Batch>,
-    /// The pages in the balloon.
+    /// The pages in the balloon taken one at a time (or split from a block).
     pages: PageStack,
+    /// The whole blocks in the balloon (page records only).
+    blocks: BlockStack,
     backoff_ms: u32,
     /// What has been logged since the target was last reached, so each problem logs once.
     warned_clamp: bool,
@@ -232,6 +303,11 @@ pub(crate) struct TargetState {
 }
 
 impl TargetState {
+    /// Pages in the balloon.
+    fn len(&self) -> u64 {
+        self.pages.len() as u64 + self.blocks.pages()
+    }
+
     /// A batch not in flight on either queue, or why there is none: `Stop::Done` when all are
     /// in flight (wait for the host), `Stop::NoPages` when none exists at all (none could be
     /// made: retry with back-off).
@@ -322,6 +398,7 @@ impl TargetPart {
                 deflate_vq,
                 pool,
                 pages: PageStack::new(),
+                blocks: BlockStack::new(block_order),
                 backoff_ms: BACKOFF_MIN_MS,
                 warned_clamp: false,
                 warned_oom: false,
@@ -351,7 +428,7 @@ impl TargetPart {
         }
         let seq = ev.config_seq();
         let target = self.target(ev, &mut st);
-        let current = st.pages.len() as u32;
+        let current = st.len().min(u64::from(u32::MAX)) as u32;
         let stop = match Step::towards(target, current, CHUNK_PAGES) {
             Step::Idle => {
                 st.warned_clamp = false;
@@ -371,7 +448,7 @@ impl TargetPart {
                     pr_info!(
                         "virtio{}: guest memory low at {} of {} pages; retrying with back-off\n",
                         ev.index,
-                        st.pages.len(),
+                        st.len(),
                         target
                     );
                     st.warned_oom = true;
@@ -389,16 +466,16 @@ impl TargetPart {
     /// Gives every page back, telling the host first (device removal, suspend).
     pub(crate) fn drain(&self, ev: &Events) {
         let mut st = self.state.lock();
-        while !st.pages.is_empty() {
-            let want = st.pages.len().min(u32::MAX as usize) as u32;
-            let before = st.pages.len();
+        while st.len() > 0 {
+            let want = st.len().min(u64::from(u32::MAX)) as u32;
+            let before = st.len();
             self.deflate(ev, &mut st, want, true);
             self.report(ev, &st);
-            if st.pages.len() == before {
+            if st.len() == before {
                 break;
             }
         }
-        let left = st.pages.len();
+        let left = st.len();
         if left > 0 {
             pr_warn!(
                 "virtio{}: host did not take back {} pages; freeing them anyway\n",
@@ -407,6 +484,9 @@ impl TargetPart {
             );
             while let Some(page) = st.pages.pop() {
                 drop(page);
+            }
+            while let Some(block) = st.blocks.pop() {
+                drop(block);
             }
             self.report(ev, &st);
         }
@@ -421,7 +501,7 @@ impl TargetPart {
     /// Reads and checks the host's target (the current size when the device is gone).
     fn target(&self, ev: &Events, st: &mut TargetState) -> u32 {
         let Some(raw) = ev.with_dev(|d| d.read(&cfg::NUM_PAGES)).flatten() else {
-            return st.pages.len() as u32;
+            return st.len().min(u64::from(u32::MAX)) as u32;
         };
         let target = Target::check(raw, self.guest_pages);
         if let Target::Clamped { asked, limit } = target {
@@ -442,7 +522,7 @@ impl TargetPart {
 
     /// Tells the host how many pages the balloon holds.
     fn report(&self, ev: &Events, st: &TargetState) {
-        let pages = st.pages.len() as u64;
+        let pages = st.len();
         counters::set(&ev.counters().pages, pages);
         let actual = pages.min(u64::from(u32::MAX)) as u32;
         ev.with_dev(|d| d.write(&cfg::ACTUAL, actual));
@@ -514,7 +594,7 @@ impl TargetPart {
         }
         *block = None;
         if *try_blocks && left >= 1 << self.block_order {
-            *block = OwnedPage::alloc_block_for_balloon(self.block_order);
+            *block = OwnedBlock::alloc_for_balloon(self.block_order).map(OwnedBlock::split);
             if let Some(page) = block.as_mut().and_then(Iterator::next) {
                 counters::add(&ev.counters().blocks, 1);
                 return Some(page);
@@ -529,9 +609,12 @@ impl TargetPart {
         let c = ev.counters();
         let mut queued = 0u32;
         let mut stop = Stop::Done;
-        // Pages of a block not handed out yet are freed when this returns.
+        // Pages of a block not handed out yet, and a whole block a full batch refused, are freed
+        // when this returns.
         let mut block = None;
+        let mut carry: Option<OwnedBlock> = None;
         let mut try_blocks = true;
+        let block_pages = 1u32 << self.block_order;
         loop {
             let mut added = false;
             while queued < want && stop == Stop::Done {
@@ -553,18 +636,44 @@ impl TargetPart {
                     }
                 };
                 let start = Ktime::ktime_get();
+                let mut checked = 0;
                 while !batch.is_full() && queued + (batch.len() as u32) < want {
-                    let len = batch.len() as u64;
-                    if len > 0
-                        && len % PFNS_PER_DESC as u64 == 0
-                        && available_pages() < self.floor_pages + PFNS_PER_DESC as u64
-                    {
-                        // A large batch looks at the floor again every 256 pages.
-                        counters::add(&c.floor_stops, 1);
-                        stop = Stop::NoPages;
-                        break;
+                    let len = batch.len();
+                    if len >= checked + PFNS_PER_DESC {
+                        // A large batch looks at the floor again every 256 pages (a whole block
+                        // needs a block's worth above it).
+                        checked = len;
+                        if available_pages() < self.floor_pages + u64::from(block_pages) {
+                            counters::add(&c.floor_stops, 1);
+                            stop = Stop::NoPages;
+                            break;
+                        }
                     }
                     let left = want - queued - batch.len() as u32;
+                    if try_blocks
+                        && left >= block_pages
+                        && batch.has_room_for_block(block_pages.into())
+                    {
+                        // Whole blocks, never split, while the guest has them.
+                        let got = carry.take().or_else(|| {
+                            let b = OwnedBlock::alloc_for_balloon(self.block_order);
+                            if b.is_some() {
+                                counters::add(&c.blocks, 1);
+                            }
+                            b
+                        });
+                        match got {
+                            Some(b) => {
+                                if let Err(b) = batch.push_block(b) {
+                                    // The collector is full: the next batch takes it.
+                                    carry = Some(b);
+                                    break;
+                                }
+                                continue;
+                            }
+                            None => try_blocks = false,
+                        }
+                    }
                     let Some(page) = self.alloc_page(ev, &mut block, &mut try_blocks, left) else {
                         counters::add(&c.alloc_failures, 1);
                         stop = Stop::NoPages;
@@ -614,18 +723,18 @@ impl TargetPart {
                 inflate_vq,
                 pool,
                 pages,
+                blocks,
                 ..
             } = &mut *st;
             // The host has the pages now: into the balloon.
             match self.settle(ev, inflate_vq, added, |mut batch| {
-                counters::add(&c.inflated, batch.pages.len() as u64);
-                pages.append(&mut batch.pages);
-                batch.clear_wire();
+                counters::add(&c.inflated, batch.len() as u64);
+                batch.move_to_balloon(pages, blocks);
                 pool.put(batch);
             }) {
                 Settled::Idle => return stop,
                 Settled::HostTimeout => return Stop::HostTimeout,
-                Settled::Used => counters::set(&c.pages, st.pages.len() as u64),
+                Settled::Used => counters::set(&c.pages, st.len()),
             }
         }
     }
@@ -645,7 +754,7 @@ impl TargetPart {
                     stop = Stop::Stopping;
                     break;
                 }
-                if st.pages.is_empty() {
+                if st.len() == 0 {
                     stop = Stop::NoPages;
                     break;
                 }
@@ -656,9 +765,34 @@ impl TargetPart {
                         break;
                     }
                 };
+                let block_pages = 1u32 << st.blocks.order();
                 while !batch.is_full() && queued + (batch.len() as u32) < want {
                     let Some(page) = st.pages.pop() else {
-                        break;
+                        if st.blocks.is_empty() {
+                            break;
+                        }
+                        let left = want - queued - batch.len() as u32;
+                        if left >= block_pages && batch.has_room_for_block(block_pages.into()) {
+                            // A whole block: one range, one free.
+                            if let Some(Err(b)) = st.blocks.pop().map(|b| batch.push_block(b)) {
+                                // Room was checked; should it be refused, it stays ballooned.
+                                if let Err(b) = st.blocks.push(b) {
+                                    drop(b);
+                                }
+                                break;
+                            }
+                        } else if left < block_pages || batch.len() == 0 {
+                            // Part of a block (or a format without blocks): it becomes pages.
+                            if let Some(b) = st.blocks.pop() {
+                                for page in b.split() {
+                                    st.pages.push(page);
+                                }
+                            }
+                        } else {
+                            // Full for a block: the next batch takes it.
+                            break;
+                        }
+                        continue;
                     };
                     // Its frame was reported on inflate, so only a full batch refuses it.
                     if let Err(Refused::Full(page) | Refused::Unreportable(page)) = batch.push(page)
@@ -668,8 +802,7 @@ impl TargetPart {
                     }
                 }
                 if !batch.seal(c) {
-                    st.pages.append(&mut batch.pages);
-                    batch.clear_wire();
+                    batch.move_to_balloon(&mut st.pages, &mut st.blocks);
                     st.pool.put(batch);
                     stop = Stop::NoPages;
                     break;
@@ -683,8 +816,7 @@ impl TargetPart {
                     }
                     Err((_, mut batch)) => {
                         // Not reported (ring full, device gone): the pages stay ballooned.
-                        st.pages.append(&mut batch.pages);
-                        batch.clear_wire();
+                        batch.move_to_balloon(&mut st.pages, &mut st.blocks);
                         st.pool.put(batch);
                         if st.deflate_vq.in_flight() == 0 {
                             stop = Stop::Refused;
@@ -698,13 +830,13 @@ impl TargetPart {
             } = &mut *st;
             // The host knows: the pages go back to the guest.
             match self.settle(ev, deflate_vq, added, |mut batch| {
-                counters::add(&c.deflated, batch.pages.len() as u64);
+                counters::add(&c.deflated, batch.len() as u64);
                 batch.release();
                 pool.put(batch);
             }) {
                 Settled::Idle => return stop,
                 Settled::HostTimeout => return Stop::HostTimeout,
-                Settled::Used => counters::set(&c.pages, st.pages.len() as u64),
+                Settled::Used => counters::set(&c.pages, st.len()),
             }
         }
     }

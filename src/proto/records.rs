@@ -570,27 +570,37 @@ impl Collector {
     /// Adds frame `pfn` (not collected yet) to `ranges`; false, with nothing changed, when the
     /// buffer could overflow.
     pub(crate) fn push(&mut self, ranges: &mut [Range], pfn: u64) -> bool {
+        self.push_range(ranges, pfn, 1)
+    }
+
+    /// Adds the `pages` frames from `pfn` (none collected yet) to `ranges`; false, with nothing
+    /// changed, when the buffer could overflow or `pages` is 0.
+    pub(crate) fn push_range(&mut self, ranges: &mut [Range], pfn: u64, pages: u64) -> bool {
         // Fewer than 2^32 frames: merged ranges then never need splitting, which could cost more
         // than the bound counted.
-        if self.pages >= u64::from(u32::MAX) {
+        if pages == 0 || pages > u64::from(u32::MAX) - self.pages {
             return false;
         }
+        let Some(end) = pfn.checked_add(pages) else {
+            return false;
+        };
         if let Some(last) = ranges[..self.nranges].last_mut() {
             let before = range_cost(last.pages);
-            let grown = if last.pages < u64::from(u32::MAX) && pfn == last.end() {
-                last.pages += 1;
+            let grown = if pfn == last.end() {
+                last.pages += pages;
                 true
-            } else if last.pages < u64::from(u32::MAX) && pfn.checked_add(1) == Some(last.pfn) {
+            } else if end == last.pfn {
                 last.pfn = pfn;
-                last.pages += 1;
+                last.pages += pages;
                 true
             } else {
                 false
             };
             if grown {
-                // A range never costs more than `RANGE_COST_MAX`, which was free when it began.
+                // A range never costs more than `RANGE_COST_MAX`, which was free when it began;
+                // it holds fewer than 2^32 frames, as the collector does.
                 self.bound = self.bound - before + range_cost(last.pages);
-                self.pages += 1;
+                self.pages += pages;
                 return true;
             }
         }
@@ -598,10 +608,10 @@ impl Collector {
         if self.nranges >= limit || self.bound + RANGE_COST_MAX > MAX_BUFFER_BYTES {
             return false;
         }
-        ranges[self.nranges] = Range { pfn, pages: 1 };
+        ranges[self.nranges] = Range { pfn, pages };
         self.nranges += 1;
-        self.bound += range_cost(1);
-        self.pages += 1;
+        self.bound += range_cost(pages);
+        self.pages += pages;
         true
     }
 

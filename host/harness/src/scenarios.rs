@@ -120,6 +120,7 @@ const SCENARIOS: &[Scenario] = &[
         .on(DEBIAN_RANGES)
         .mmio(),
     Scenario::new("inflate_host_rss", 1024, inflate_host_rss).on(DEBIAN_RANGES),
+    Scenario::new("targets_not_in_blocks", 1024, targets_not_in_blocks).on(DEBIAN_RANGES),
     Scenario::new("reverse_mid_inflate", 1024, reverse_mid_inflate)
         .on(DEBIAN_RANGES)
         .mmio(),
@@ -312,6 +313,41 @@ fn deflate_all(g: &mut Guest, total0: u64) -> Result<()> {
     check(total == total0, || {
         format!("MemTotal {total} kB after deflating, {total0} kB before")
     })
+}
+
+/// Sets the balloon to `pages` pages and checks `actual`, `MemTotal` and (ours) debugfs.
+fn balloon_pages(g: &mut Guest, d: Driver, pages: u64, total0: u64) -> Result<()> {
+    let mem = g.ram_bytes();
+    g.balloon(mem - pages * 4096)?;
+    g.wait_actual(mem - pages * 4096, WAIT)?;
+    let total = g.meminfo("MemTotal")?;
+    check(total0 - total == pages * 4, || {
+        format!(
+            "MemTotal went from {total0} kB to {total} kB for {pages} pages, expected {} kB less",
+            pages * 4
+        )
+    })?;
+    if d == Driver::Rs {
+        let held = debugfs(g, "pages")?;
+        check(held == pages, || format!("debugfs pages {held}, expected {pages}"))?;
+    }
+    Ok(())
+}
+
+/// Targets that are not whole 2 MiB blocks: 64 MiB and 3 pages (whole blocks and single pages),
+/// then 517 pages fewer (the single pages, a whole block and 2 pages of another, which the
+/// balloon splits), then 1 page more, then none. Every step is exact.
+fn targets_not_in_blocks(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let total0 = g.meminfo("MemTotal")?;
+    let base = 64 * 256;
+    for pages in [base + 3, base - 514, base - 513] {
+        balloon_pages(g, d, pages, total0)?;
+    }
+    if d == Driver::Rs && g.cfg.qemu == Qemu::OursRanges {
+        let blocks = debugfs(g, "blocks")?;
+        check(blocks >= 32, || format!("{blocks} whole blocks taken for 64 MiB"))?;
+    }
+    deflate_all(g, total0)
 }
 
 fn inflate_deflate(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
