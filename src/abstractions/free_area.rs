@@ -21,15 +21,12 @@ use super::virtio::DeviceWritable;
 use crate::proto::hint::{coalesce, Range, MAX_RANGE_PAGES};
 use core::{mem::MaybeUninit, ptr::NonNull};
 use kernel::{
-    alloc::{
-        flags::{__GFP_ZERO, GFP_KERNEL},
-        KBox,
-    },
+    alloc::{flags::GFP_KERNEL, KVVec},
     bindings,
     prelude::*,
 };
 
-/// Blocks one [`HintBlocks`] holds, at most (also the blocks isolated per lock hold).
+/// Blocks mm isolates in one hold of a zone's lock, at most.
 pub(crate) const MAX_BLOCKS: usize = bindings::PAGE_HINTING_BATCH as usize;
 
 /// Pages of the largest free block (`MAX_ORDER_NR_PAGES`).
@@ -93,33 +90,47 @@ impl HintWalk {
 }
 
 /// Free blocks isolated from the allocator for hinting, and the scatter-gather table that
-/// describes them to a device.
+/// describes them to a device (a holder made for page records has none).
 ///
 /// # Invariants
 ///
 /// `blocks[..len]` are blocks isolated by `page_hinting_isolate` and not yet put back: this
 /// object owns them and puts them back when it is dropped. `ranges[..nranges]` and the
-/// scatter-gather table describe (only) those blocks, when `nranges > 0`.
+/// scatter-gather table describe (only) those blocks, when `nranges > 0`. The three arrays are
+/// allocated once, at `capacity` entries (the table at 0 or `capacity`), and never resized, so
+/// the table stays in place as long as `self` lives.
 pub(crate) struct HintBlocks {
-    blocks: [bindings::page_hinting_block; MAX_BLOCKS],
+    blocks: KVVec<bindings::page_hinting_block>,
     len: usize,
     pages: u64,
-    ranges: [Range; MAX_BLOCKS],
+    ranges: KVVec<Range>,
     nranges: usize,
-    sg: [MaybeUninit<bindings::scatterlist>; MAX_BLOCKS],
+    sg: KVVec<MaybeUninit<bindings::scatterlist>>,
 }
 
 // SAFETY: The blocks are owned exclusively; mm's functions may be called from any thread.
 unsafe impl Send for HintBlocks {}
 
 impl HintBlocks {
-    /// An empty holder, allocated zeroed in place (it is too large for the stack).
-    pub(crate) fn new_boxed() -> Result<KBox<Self>> {
-        let boxed = KBox::<Self>::new_uninit(GFP_KERNEL | __GFP_ZERO)?;
-        // SAFETY: All-zero bytes are a valid `HintBlocks`: no blocks (null pages), no ranges,
-        // and scatterlist slots that need no initialisation.
-        // INVARIANT: `len` and `nranges` are 0.
-        Ok(unsafe { boxed.assume_init() })
+    /// An empty holder for `capacity` blocks, with a scatter-gather table for them when `sg`.
+    pub(crate) fn new(capacity: usize, sg: bool) -> Result<Self> {
+        let empty = bindings::page_hinting_block {
+            page: core::ptr::null_mut(),
+            order: 0,
+        };
+        // INVARIANT: no block is held; the arrays have their final sizes.
+        Ok(Self {
+            blocks: KVVec::from_elem(empty, capacity, GFP_KERNEL)?,
+            len: 0,
+            pages: 0,
+            ranges: KVVec::from_elem(Range { pfn: 0, pages: 0 }, capacity, GFP_KERNEL)?,
+            nranges: 0,
+            sg: KVVec::from_elem(
+                MaybeUninit::uninit(),
+                if sg { capacity } else { 0 },
+                GFP_KERNEL,
+            )?,
+        })
     }
 
     /// Whether no block is held.
@@ -137,33 +148,37 @@ impl HintBlocks {
         self.pages
     }
 
-    /// Takes the next free blocks of `walk` (one hold of a zone's lock), as long as the blocks
-    /// held stay within `max_blocks` (and [`MAX_BLOCKS`]) and `max_pages` pages; returns how many
-    /// were added. Zero with the walk not done means a zone ended or was low: call again. May
-    /// sleep.
+    /// Takes the next free blocks of `walk` (one hold of a zone's lock, at most [`MAX_BLOCKS`]),
+    /// as long as the blocks held stay within `max_blocks` (and the holder's capacity) and
+    /// `max_pages` pages; returns how many were added. Zero with the walk not done means a zone
+    /// ended or was low: call again. May sleep.
     pub(crate) fn isolate(
         &mut self,
         walk: &mut HintWalk,
         max_blocks: usize,
         max_pages: u64,
     ) -> usize {
-        let room = max_blocks.min(MAX_BLOCKS).saturating_sub(self.len);
+        let room = max_blocks
+            .min(self.blocks.len())
+            .saturating_sub(self.len)
+            .min(MAX_BLOCKS);
         let pages_room = max_pages.saturating_sub(self.pages);
         if room == 0 || pages_room == 0 || walk.is_done() {
             return 0;
         }
-        // SAFETY: `walk.raw` is an initialised walk; `blocks[len..]` has room for `room`
-        // entries; we are in process context without locks (the callers are work items).
+        let free = &mut self.blocks.as_mut_slice()[self.len..self.len + room];
+        // SAFETY: `walk.raw` is an initialised walk; `free` has room for `room` entries; we are
+        // in process context without locks (the callers are work items).
         let n = unsafe {
             bindings::page_hinting_isolate(
                 &mut walk.raw,
-                self.blocks.as_mut_ptr().add(self.len),
+                free.as_mut_ptr(),
                 room as u32,
                 pages_room as _,
             )
         } as usize;
         let n = n.min(room);
-        for b in &self.blocks[self.len..self.len + n] {
+        for b in &free[..n] {
             self.pages += 1u64 << b.order;
         }
         // INVARIANT: mm isolated these `n` blocks for us; the ranges are rebuilt before use.
@@ -185,18 +200,57 @@ impl HintBlocks {
         self.nranges = 0;
     }
 
+    /// Keeps the blocks of the first `keep` ranges (of [`HintBlocks::ranges`]) and gives the
+    /// others back to the allocator (a buffer that could not name them all). May sleep.
+    pub(crate) fn keep_ranges(&mut self, keep: usize) {
+        if self.nranges == 0 {
+            self.merge();
+        }
+        let Some(cut) = self.ranges.as_slice()[..self.nranges]
+            .get(keep)
+            .map(|r| r.pfn)
+        else {
+            return;
+        };
+        // Blocks at or above `cut` move to the end, then go back.
+        let blocks = &mut self.blocks.as_mut_slice()[..self.len];
+        let mut kept = 0;
+        let mut pages = 0;
+        for i in 0..blocks.len() {
+            // SAFETY: `blocks[i].page` is the first page of a block we own (type invariant).
+            let pfn = unsafe { bindings::page_to_pfn(blocks[i].page) } as u64;
+            if pfn < cut {
+                pages += 1u64 << blocks[i].order;
+                blocks.swap(kept, i);
+                kept += 1;
+            }
+        }
+        let back = &mut blocks[kept..];
+        if !back.is_empty() {
+            // SAFETY: `back` are isolated blocks we own (type invariant); afterwards we forget
+            // them.
+            unsafe { bindings::page_hinting_putback(back.as_mut_ptr(), back.len() as u32) };
+        }
+        // INVARIANT: the blocks below `cut` are kept, the others were put back; the first `keep`
+        // ranges describe exactly the kept ones.
+        self.len = kept;
+        self.pages = pages;
+        self.nranges = keep;
+    }
+
     /// The blocks held as ranges, adjacent ones merged, in ascending order.
     pub(crate) fn ranges(&mut self) -> &[Range] {
         if self.nranges == 0 {
             self.merge();
         }
-        &self.ranges[..self.nranges]
+        &self.ranges.as_slice()[..self.nranges]
     }
 
     /// Merges adjacent blocks into ranges (what [`DeviceWritable::sg`] describes); returns how
     /// many ranges they make.
     pub(crate) fn merge(&mut self) -> usize {
-        for (r, b) in self.ranges.iter_mut().zip(&self.blocks[..self.len]) {
+        let ranges = self.ranges.as_mut_slice();
+        for (r, b) in ranges.iter_mut().zip(&self.blocks.as_slice()[..self.len]) {
             // SAFETY: `b.page` is the first page of a block we own (type invariant).
             let pfn = unsafe { bindings::page_to_pfn(b.page) } as u64;
             *r = Range {
@@ -204,26 +258,31 @@ impl HintBlocks {
                 pages: 1u64 << b.order,
             };
         }
-        self.nranges = coalesce(&mut self.ranges[..self.len], MAX_RANGE_PAGES);
+        self.nranges = coalesce(&mut ranges[..self.len], MAX_RANGE_PAGES);
         self.nranges
     }
 }
 
-// SAFETY: The table lives inside `self`, so it stays in place while `self` does; its `nranges > 0` entries are initialised by `sg_init_table` and `sg_set_page`, and each one
-// describes blocks that `self` owns exclusively (isolated from the allocator: nobody else reads
-// or writes them) until it is dropped or released, both of which need `&mut self`.
+// SAFETY: The table is a heap array owned by `self` and never reallocated (type invariant), so
+// it stays in place while `self` lives; its `nranges > 0` entries are initialised by
+// `sg_init_table` and `sg_set_page`, and each one describes blocks that `self` owns exclusively
+// (isolated from the allocator: nobody else reads or writes them) until it is dropped or
+// released, both of which need `&mut self`.
 unsafe impl DeviceWritable for HintBlocks {
     /// Fills the scatter-gather table with the blocks held, adjacent ones merged into one
-    /// entry, and returns it with its length.
+    /// entry, and returns it with its length (`None` for a holder without a table).
     fn sg(&mut self) -> Option<(NonNull<bindings::scatterlist>, u32)> {
         // `nranges` is reset whenever the blocks change, so ranges built by `merge` are reused.
         if self.nranges == 0 && self.merge() == 0 {
             return None;
         }
+        if self.nranges > self.sg.len() {
+            return None;
+        }
         let sg = self.sg.as_mut_ptr().cast::<bindings::scatterlist>();
-        // SAFETY: `sg` points to `MAX_BLOCKS >= nranges` scatterlist slots that we own.
+        // SAFETY: `sg` points to `sg.len() >= nranges` scatterlist slots that we own.
         unsafe { bindings::sg_init_table(sg, self.nranges as u32) };
-        for (i, r) in self.ranges[..self.nranges].iter().enumerate() {
+        for (i, r) in self.ranges.as_slice()[..self.nranges].iter().enumerate() {
             // `coalesce` keeps ranges within `MAX_RANGE_PAGES`, so this fits in u32.
             let bytes = u32::try_from(r.pages << PAGE_SHIFT).ok()?;
             // SAFETY: `i < nranges` is a slot initialised by `sg_init_table`; the range is made

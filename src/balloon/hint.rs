@@ -61,8 +61,14 @@ const FLUSH_AFTER_EMPTY: u32 = 16;
 /// How long the host may take to use a hint buffer before the round is given up.
 const HINT_HOST_TIMEOUT_MS: u32 = 5_000;
 
-/// Bytes of a page-record hint buffer: every block of a buffer apart, at most (order 1).
-const HINT_RECORD_BYTES: usize = 8192;
+/// Bytes of a page-record hint buffer (order 3).
+const HINT_RECORD_BYTES: usize = 32768;
+/// Blocks a page-record hint buffer names at most: 32 times what a buffer of the standard
+/// protocol may hold (one ring descriptor each), which counts when free memory is fragmented
+/// (4096 single pages apart take 16 bytes a page as runs, 4 as lists, an eighth as bitmaps).
+/// Blocks whose records do not fit in [`HINT_RECORD_BYTES`] go back to the allocator unsent;
+/// [`MAX_BLOCKS`] blocks, one isolation's worth, always fit.
+const RECORD_BLOCKS: usize = 32 * MAX_BLOCKS;
 const _: () = assert!(max_bytes(MAX_BLOCKS) <= HINT_RECORD_BYTES);
 
 /// A buffer of the free page queue: a command id (out), or free blocks, which it owns, given as
@@ -70,7 +76,7 @@ const _: () = assert!(max_bytes(MAX_BLOCKS) <= HINT_RECORD_BYTES);
 pub(crate) struct HintBuf {
     cmd: [u8; 4],
     is_cmd: bool,
-    blocks: KBox<HintBlocks>,
+    blocks: HintBlocks,
     /// With page records: the buffer and the bytes of it the records take.
     records: Option<(OutBuf, usize)>,
 }
@@ -80,7 +86,7 @@ impl Buffer for HintBuf {
         match &self.records {
             _ if self.is_cmd => Payload::Out(&self.cmd),
             Some((out, len)) => Payload::OutBuf(out, *len),
-            None => Payload::In(&mut *self.blocks),
+            None => Payload::In(&mut self.blocks),
         }
     }
 }
@@ -92,7 +98,7 @@ impl HintBuf {
             Self {
                 cmd: [0; 4],
                 is_cmd: false,
-                blocks: HintBlocks::new_boxed()?,
+                blocks: HintBlocks::new(MAX_BLOCKS, true)?,
                 records: None,
             },
             GFP_KERNEL,
@@ -101,23 +107,32 @@ impl HintBuf {
 
     /// A buffer that names its blocks in page records.
     fn new_records() -> Result<KBox<Self>> {
-        let mut buf = Self::new_boxed()?;
-        buf.records = Some((OutBuf::new(HINT_RECORD_BYTES)?, 0));
-        Ok(buf)
+        Ok(KBox::new(
+            Self {
+                cmd: [0; 4],
+                is_cmd: false,
+                blocks: HintBlocks::new(RECORD_BLOCKS, false)?,
+                records: Some((OutBuf::new(HINT_RECORD_BYTES)?, 0)),
+            },
+            GFP_KERNEL,
+        )?)
     }
 
-    /// Encodes the blocks held into the page records, if the buffer has them; false if they
-    /// did not all fit (which `HINT_RECORD_BYTES` rules out).
+    /// Encodes the blocks held into the page records, if the buffer has them; blocks whose
+    /// records do not fit go back to the allocator. False if none fit.
     fn seal(&mut self, c: &counters::Counters) -> bool {
         let Some((out, len)) = &mut self.records else {
             return true;
         };
-        let pages = self.blocks.pages();
-        let ranges = self.blocks.ranges();
-        let enc = encode(ranges, out.as_mut_slice());
+        let enc = encode(self.blocks.ranges(), out.as_mut_slice());
+        if enc.ranges == 0 {
+            return false;
+        }
+        self.blocks.keep_ranges(enc.ranges);
         *len = enc.bytes;
-        counters::record_buffer(c, &enc, ranges, pages);
-        enc.ranges == ranges.len()
+        let pages = self.blocks.pages();
+        counters::record_buffer(c, &enc, self.blocks.ranges(), pages);
+        true
     }
 }
 
@@ -175,7 +190,7 @@ impl HintPart {
             // One descriptor a buffer.
             (
                 HINT_BUFFERS.min(ring).max(2),
-                MAX_BLOCKS,
+                RECORD_BLOCKS,
                 HintBuf::new_records,
             )
         } else {
@@ -371,12 +386,12 @@ impl HintPart {
                 }
                 break;
             }
-            let (pages, ranges) = (buf.blocks.pages(), buf.blocks.merge() as u64);
             if !buf.seal(c) {
                 st.put(buf);
                 end = RoundEnd::Interrupted;
                 break;
             }
+            let (pages, ranges) = (buf.blocks.pages(), buf.blocks.ranges().len() as u64);
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();

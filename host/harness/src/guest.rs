@@ -184,7 +184,8 @@ while IFS=' ' read -r id b64 <&3; do
 done
 "#;
 
-/// Builds the initramfs for a flavour: busybox, the agent, both modules, the selftests.
+/// Builds the initramfs for a flavour: busybox, the agent, both modules, the `fragment` helper,
+/// the selftests.
 fn initramfs(flavour: &str) -> Result<PathBuf> {
     let art = paths::artifacts(flavour);
     let mut a = Archive::new();
@@ -210,6 +211,9 @@ fn initramfs(flavour: &str) -> Result<PathBuf> {
             .ctx(&format!("reading {} (run make)", art.join(m).display()))?;
         a.file(&format!("lib/modules/{m}"), 0o644, &data);
     }
+    let helper = art.join("fragment");
+    let data = std::fs::read(&helper).ctx(&format!("reading {} (run make)", helper.display()))?;
+    a.file("bin/fragment", 0o755, &data);
     add_tree(&mut a, &paths::top().join("tests/selftests"), "selftests")?;
     let out = art.join("initramfs.cpio");
     let mut f = std::fs::File::create(&out).ctx("creating initramfs")?;

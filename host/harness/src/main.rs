@@ -24,7 +24,7 @@ commands:
   run                       boot a 2 GiB guest per driver, inflate to 512 MiB and back, report
   test [--driver rs|c|both] [--filter TEXT] [--list] [--no-unit]
                             run the unit tests and every scenario, ending with 'N passed, N failed'
-  bench [--guest-gib N] [--only inflate|migration] [--reps N] [--case idle|after-workload|churn]
+  bench [--guest-gib N] [--only inflate|migration] [--reps N] [--case idle|after-workload|churn|fragmented]
                             inflate all but 1 GiB of an 8 GiB guest and back, both drivers;
                             migrate 2 and 8 GiB guests (or N) with no hinting, the C driver's
                             hinting and ours, N runs each (default 3), every case (or the ones

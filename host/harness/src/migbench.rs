@@ -43,7 +43,12 @@ const SETUPS: &[Setup] = &[
     },
 ];
 
-const VARIANTS: &[Variant] = &[Variant::Idle, Variant::AfterWorkload, Variant::Churn];
+const VARIANTS: &[Variant] = &[
+    Variant::Idle,
+    Variant::AfterWorkload,
+    Variant::Churn,
+    Variant::Fragmented,
+];
 
 struct Row {
     gib: u64,
@@ -113,7 +118,8 @@ fn table(rows: &[Row], reps: u32) -> String {
     s += &format!(
         "Live migration over a unix socket, max-bandwidth {} GiB/s, {} (QEMU {}); bench kernel. \
          Live data {} MiB; 'after workload': most of memory written with random data and freed \
-         just before; 'churn': {} x {} MiB files rewritten during migration. 'limit': QEMU's \
+         just before; 'churn': {} x {} MiB files rewritten during migration; 'fragmented': a process \
+         wrote {} MiB and freed every other 4 KiB page of it just before. 'limit': QEMU's \
          downtime-limit. Medians of {reps} runs; downtime as median (min-max).\n\n",
         Params::default().max_bandwidth >> 30,
         rows.first().map(|r| r.accel).unwrap_or(""),
@@ -121,6 +127,7 @@ fn table(rows: &[Row], reps: u32) -> String {
         migrate::LIVE_MIB,
         4,
         migrate::CHURN_MIB,
+        migrate::FRAGMENT_MIB,
     );
     s += &format!(
         "{:<5} {:<15} {:>5} {:<18} {:>9} {:>15} {:>6} {:>9} {:>8} {:>16} {:>12}\n",

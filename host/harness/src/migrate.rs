@@ -211,6 +211,39 @@ pub fn start_churn(g: &mut Guest, mib: u64) -> Result<()> {
     .map(|_| ())
 }
 
+/// Starts the `fragment` helper on `mib` MiB and waits until it has freed every other page.
+pub fn start_fragment(g: &mut Guest, mib: u64) -> Result<()> {
+    let out = g.sh(&format!(
+        "setsid /bin/fragment {mib} </dev/null >/tmp/fragment.out 2>&1 &\n\
+         i=0; while ! grep -q fragmented /tmp/fragment.out && [ $i -lt 3000 ]; do \
+         sleep 0.1; i=$((i+1)); done; cat /tmp/fragment.out"
+    ))?;
+    if !out.contains("fragmented") {
+        return Err(format!("the fragment helper did not finish: {out}"));
+    }
+    Ok(())
+}
+
+/// Has the `fragment` helper check the pages it kept (after a migration: the data arrived);
+/// returns how many it kept.
+pub fn verify_fragment(g: &mut Guest) -> Result<u64> {
+    let out = g.sh(
+        "touch /tmp/fragment.check; i=0; while ! grep -q kept /tmp/fragment.out && \
+         [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/fragment.out",
+    )?;
+    let kept = out
+        .split_whitespace()
+        .skip_while(|w| *w != "kept")
+        .nth(1)
+        .and_then(|n| n.parse::<u64>().ok());
+    match kept {
+        Some(n) if n > 0 && out.contains("bad 0\n") => Ok(n),
+        _ => Err(format!(
+            "pages the fragment helper kept did not arrive intact: {out}"
+        )),
+    }
+}
+
 /// Stops the churn process and checks every file it completed against its checksum; returns
 /// how many files it wrote.
 pub fn stop_and_verify_churn(g: &mut Guest) -> Result<u64> {
@@ -314,6 +347,9 @@ pub enum Variant {
     AfterWorkload,
     /// A process keeps allocating, writing and freeing memory during the migration.
     Churn,
+    /// A process wrote [`FRAGMENT_MIB`] and gave every other 4 KiB page of it back: half of it
+    /// is free in single pages that cannot merge, the other half is kept (and checked after).
+    Fragmented,
 }
 
 impl Variant {
@@ -323,6 +359,7 @@ impl Variant {
             "idle" => Some(Variant::Idle),
             "after-workload" => Some(Variant::AfterWorkload),
             "churn" => Some(Variant::Churn),
+            "fragmented" => Some(Variant::Fragmented),
             _ => None,
         }
     }
@@ -332,12 +369,16 @@ impl Variant {
             Variant::Idle => "idle",
             Variant::AfterWorkload => "after workload",
             Variant::Churn => "churn",
+            Variant::Fragmented => "fragmented",
         }
     }
 }
 
 /// Live data the guest keeps across the migration, in MiB.
 pub const LIVE_MIB: u64 = 64;
+/// Memory the fragmented case writes, every other page of it then freed, in MiB (at most half
+/// of the guest's available memory less the live data and 96 MiB, for small guests).
+pub const FRAGMENT_MIB: u64 = 1536;
 /// Size of each of the four files the churn process rewrites, in MiB.
 pub const CHURN_MIB: u64 = 16;
 
@@ -386,6 +427,10 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             fill_and_free(g, avail_mib.saturating_sub(96).max(16))?;
         }
         Variant::Churn => start_churn(g, CHURN_MIB)?,
+        Variant::Fragmented => {
+            let avail_mib = g.meminfo("MemAvailable")? >> 10;
+            start_fragment(g, FRAGMENT_MIB.min(avail_mib.saturating_sub(96)))?;
+        }
     }
     let free_before_kib = g.meminfo("MemFree")?;
     start_free_sampler(g)?;
@@ -396,10 +441,10 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
     drop(std::mem::replace(g, dst));
     let min_free_kib = stop_free_sampler(g)?;
     verify_live_data(g)?;
-    let churn_files = if v == Variant::Churn {
-        stop_and_verify_churn(g)?
-    } else {
-        0
+    let churn_files = match v {
+        Variant::Churn => stop_and_verify_churn(g)?,
+        Variant::Fragmented => verify_fragment(g)?,
+        _ => 0,
     };
     // The guest goes on working on the destination.
     g.sh("dd if=/dev/urandom of=/tmp/after bs=1048576 count=32 2>/dev/null && sha256sum /tmp/after > /dev/null && rm /tmp/after")?;

@@ -329,7 +329,9 @@ fn balloon_pages(g: &mut Guest, d: Driver, pages: u64, total0: u64) -> Result<()
     })?;
     if d == Driver::Rs {
         let held = debugfs(g, "pages")?;
-        check(held == pages, || format!("debugfs pages {held}, expected {pages}"))?;
+        check(held == pages, || {
+            format!("debugfs pages {held}, expected {pages}")
+        })?;
     }
     Ok(())
 }
@@ -345,7 +347,9 @@ fn targets_not_in_blocks(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Resu
     }
     if d == Driver::Rs && g.cfg.qemu == Qemu::OursRanges {
         let blocks = debugfs(g, "blocks")?;
-        check(blocks >= 32, || format!("{blocks} whole blocks taken for 64 MiB"))?;
+        check(blocks >= 32, || {
+            format!("{blocks} whole blocks taken for 64 MiB")
+        })?;
     }
     deflate_all(g, total0)
 }
