@@ -130,7 +130,7 @@ fn table(rows: &[Row], reps: u32) -> String {
         migrate::FRAGMENT_MIB,
     );
     s += &format!(
-        "{:<5} {:<15} {:>5} {:<18} {:>9} {:>15} {:>6} {:>9} {:>8} {:>16} {:>12}\n",
+        "{:<5} {:<15} {:>5} {:<18} {:>9} {:>15} {:>6} {:>9} {:>8} {:>8} {:>16} {:>12}\n",
         "guest",
         "case",
         "limit",
@@ -140,6 +140,7 @@ fn table(rows: &[Row], reps: u32) -> String {
         "setup",
         "sent MiB",
         "hint ms",
+        "hinted",
         "lock us max/mean",
         "min free MiB"
     );
@@ -189,7 +190,7 @@ fn table(rows: &[Row], reps: u32) -> String {
         };
         let down: Vec<u64> = ok.iter().map(|c| c.stats.downtime_ms).collect();
         s += &format!(
-            "{head} {:>9} {:>15} {:>6} {:>9} {:>8} {:>16} {:>12}\n",
+            "{head} {:>9} {:>15} {:>6} {:>9} {:>8} {:>8} {:>16} {:>12}\n",
             m(&|c| c.stats.total_ms),
             format!(
                 "{} ({}-{})",
@@ -200,6 +201,9 @@ fn table(rows: &[Row], reps: u32) -> String {
             m(&|c| c.stats.setup_ms),
             m(&|c| c.stats.transferred) / MIB,
             ms(opt(&|c| c.hint_ns)),
+            opt(&|c| c.hint_pages)
+                .map(|p| (p >> 8).to_string())
+                .unwrap_or_else(|| "-".into()),
             match (opt(&|c| c.hint_lock_max_ns), opt(&|c| c.hint_lock_mean_ns)) {
                 (Some(max), Some(mean)) => format!("{} / {}", max / 1000, mean / 1000),
                 _ => "-".into(),
@@ -212,7 +216,8 @@ fn table(rows: &[Row], reps: u32) -> String {
         );
     }
     s += "\nhint ms: guest time in hinting rounds, from the command id to the stop id (ours only; \
-          the C driver has no such counter). lock: longest and mean zone lock hold of the walk, \
+          the C driver has no such counter). hinted: MiB our driver named in hints, every round \
+          together. lock: longest and mean zone lock hold of the walk, \
           in microseconds, as the guest clock sees it (under TCG a hold includes any host \
           preemption of the vCPU). min free: lowest MemFree during migration / MemFree just \
           before it. Downtime: QEMU switches over once what is left to send fits the limit at \
@@ -227,12 +232,12 @@ fn csv(rows: &[Row]) -> String {
         "guest_gib,case,downtime_limit_ms,configuration,driver,free_page_hint,run,accel,ok,\
          total_ms,downtime_ms,setup_ms,transferred_bytes,normal_pages,duplicate_pages,\
          dirty_syncs,hint_rounds,hint_ns,hint_lock_max_ns,hint_lock_mean_ns,free_before_kib,\
-         min_free_kib,churn_files\n",
+         min_free_kib,churn_files,hint_pages,host_wait_ns\n",
     );
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     for r in rows {
         let head = format!(
-            "{},{},{},{},{},{},{},{}",
+            "{},{},{},\"{}\",{},{},{},{}",
             r.gib,
             r.variant.label(),
             r.limit_ms,
@@ -246,7 +251,7 @@ fn csv(rows: &[Row]) -> String {
             Ok(c) => {
                 let st = &c.stats;
                 s += &format!(
-                    "{head},true,{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{head},true,{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     st.total_ms,
                     st.downtime_ms,
                     st.setup_ms,
@@ -260,10 +265,12 @@ fn csv(rows: &[Row]) -> String {
                     opt(c.hint_lock_mean_ns),
                     c.free_before_kib,
                     c.min_free_kib,
-                    c.churn_files
+                    c.churn_files,
+                    opt(c.hint_pages),
+                    opt(c.host_wait_ns)
                 );
             }
-            Err(_) => s += &format!("{head},false,,,,,,,,,,,,,,\n"),
+            Err(_) => s += &format!("{head},false,,,,,,,,,,,,,,,,\n"),
         }
     }
     s

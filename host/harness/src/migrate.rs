@@ -398,6 +398,9 @@ pub struct Case {
     pub hint_lock_mean_ns: Option<u64>,
     /// Host errors our driver counted (a hint buffer the host never took back is one).
     pub host_errors: Option<u64>,
+    /// Pages our driver hinted, and the time it waited for the host to use its buffers (ns).
+    pub hint_pages: Option<u64>,
+    pub host_wait_ns: Option<u64>,
     /// Most pages our driver had isolated for hints at one moment.
     pub hint_isolated_max: Option<u64>,
     /// The bound our driver states for that, in pages (its `hint_bound`).
@@ -468,6 +471,8 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             rs_counter(g, "host_errors")?,
             rs_counter(g, "hint_isolated_max")?,
             rs_counter(g, "hint_bound")?,
+            rs_counter(g, "hint_pages")?,
+            rs_counter(g, "host_wait_ns")?,
         ));
     }
     Ok(Case {
@@ -481,6 +486,8 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
         host_errors: hint.map(|h| h.4),
         hint_isolated_max: hint.map(|h| h.5),
         hint_bound: hint.map(|h| h.6),
+        hint_pages: hint.map(|h| h.7),
+        host_wait_ns: hint.map(|h| h.8),
         mem_total_kib: g.meminfo("MemTotal")?,
         churn_files,
     })

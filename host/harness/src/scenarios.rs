@@ -166,6 +166,9 @@ const SCENARIOS: &[Scenario] = &[
         .hint()
         .on(ALL)
         .mmio(),
+    Scenario::new("migrate_fragmented_hint", 1024, migrate_fragmented)
+        .hint()
+        .on(ALL),
     Scenario::new(
         "migrate_inflate_during_hint",
         1024,
@@ -937,6 +940,14 @@ fn migrate_after_workload(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Res
 fn migrate_during_churn(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
     let hint = g.cfg.free_page_hint;
     migration(g, d, Variant::Churn, hint).map(drop)
+}
+
+/// A process writes most of memory and frees every other 4 KiB page of it: hints name single
+/// pages (bitmaps with page records); the pages it kept arrive intact (the helper checks them on
+/// the destination).
+fn migrate_fragmented(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
+    let hint = g.cfg.free_page_hint;
+    migration(g, d, Variant::Fragmented, hint).map(drop)
 }
 
 /// The host inflates the balloon by 256 MiB as the migration starts: the config change ends a
