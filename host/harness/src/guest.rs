@@ -327,8 +327,16 @@ impl Guest {
         let dir = paths::run_dir(&cfg.name);
         let qmp_sock = dir.join("qmp.sock");
         let cmd_sock = dir.join("cmd.sock");
+        // Bench guests keep the TSC as their clock: under TCG the boot-time watchdog often
+        // finds it skewed against jiffies (timer interrupts arrive late) and falls back to
+        // jiffies, and the guest's own timings (lock holds, rounds) then read 0 or a tick.
+        let clock = if cfg.flavour == "bench" {
+            " tsc=reliable"
+        } else {
+            ""
+        };
         let append = format!(
-            "console=ttyS0 panic=-1 oops=panic loglevel=6 {}",
+            "console=ttyS0 panic=-1 oops=panic loglevel=6{clock} {}",
             cfg.append
         );
         let mut qemu = Command::new(cfg.qemu.binary());
