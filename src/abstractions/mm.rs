@@ -162,10 +162,10 @@ impl OwnedBlock {
     /// Marks every page of the block `PageOffline` (`true`) or clears the mark.
     fn set_offline(&self, offline: bool) {
         for i in 0..1usize << self.order {
-            // SAFETY: The block's pages are consecutive `struct page`s (a buddy block never
-            // crosses a memory section), all owned by us (type invariant); a page's type is set
-            // only when it has none and cleared only when it is `PageOffline` (the callers
-            // alternate).
+            // The block's pages are consecutive `struct page`s: a buddy block never crosses a
+            // memory section. The callers alternate setting and clearing the mark.
+            // SAFETY: A page of a block we own (type invariant); its type is set only when it has
+            // none and cleared only when it is `PageOffline`.
             unsafe {
                 let page = self.ptr.as_ptr().add(i);
                 if offline {
