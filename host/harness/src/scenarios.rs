@@ -1229,7 +1229,9 @@ pub fn test(opts: &Opts) -> Result<bool> {
             let pci = s.qemus.iter().map(|q| (*q, Transport::Pci));
             let mmio = s
                 .qemus
-                .first()
+                .iter()
+                .find(|q| **q == Qemu::Ours)
+                .or(s.qemus.first())
                 .filter(|_| s.mmio)
                 .map(|q| (*q, Transport::Mmio));
             pci.chain(mmio).flat_map(move |(q, t)| {
