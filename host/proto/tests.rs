@@ -89,7 +89,7 @@ proptest! {
 }
 
 mod hint {
-    use crate::proto::hint::{coalesce, Action, Range, Rounds, CMD_ID_DONE, CMD_ID_STOP};
+    use crate::proto::hint::{coalesce, sort, Action, Range, Rounds, CMD_ID_DONE, CMD_ID_STOP};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
     use std::vec::Vec;
@@ -161,13 +161,87 @@ mod hint {
             Range { pfn: 8, pages: 4 },
         ];
         let n = coalesce(&mut v, 6);
+        // Touching blocks are never cut: each stays whole.
         assert_eq!(
             &v[..n],
-            &[Range { pfn: 0, pages: 6 }, Range { pfn: 6, pages: 6 }]
+            &[
+                Range { pfn: 0, pages: 4 },
+                Range { pfn: 4, pages: 4 },
+                Range { pfn: 8, pages: 4 }
+            ]
+        );
+        // A single page, then blocks of 4: the first range takes the page and one block.
+        let mut v = [
+            Range { pfn: 5, pages: 4 },
+            Range { pfn: 0, pages: 1 },
+            Range { pfn: 1, pages: 4 },
+        ];
+        let n = coalesce(&mut v, 6);
+        assert_eq!(
+            &v[..n],
+            &[Range { pfn: 0, pages: 5 }, Range { pfn: 5, pages: 4 }]
+        );
+        // Overlapping ranges are split at the limit.
+        let mut v = [Range { pfn: 0, pages: 5 }, Range { pfn: 3, pages: 6 }];
+        let n = coalesce(&mut v, 6);
+        assert_eq!(
+            &v[..n],
+            &[Range { pfn: 0, pages: 6 }, Range { pfn: 6, pages: 3 }]
         );
     }
 
     proptest! {
+        #[test]
+        fn coalesce_never_cuts_a_block(
+            sizes in proptest::collection::vec(0u32..4, 1..64),
+            max in 1u64..40,
+        ) {
+            // Disjoint blocks of 1, 2, 4 or 8 pages laid end to end, some with gaps.
+            let mut v = Vec::new();
+            let mut pfn = 0u64;
+            for (i, o) in sizes.iter().enumerate() {
+                let pages = 1u64 << o;
+                v.push(Range { pfn, pages });
+                pfn += pages + u64::from(i % 5 == 4);
+            }
+            let starts: BTreeSet<u64> = v.iter().map(|r| r.pfn).collect();
+            let ends: BTreeSet<u64> = v.iter().map(|r| r.end()).collect();
+            v.reverse();
+            let n = coalesce(&mut v, max);
+            for r in &v[..n] {
+                prop_assert!(starts.contains(&r.pfn));
+                prop_assert!(ends.contains(&r.end()));
+            }
+        }
+    }
+
+    #[test]
+    fn sort_orders_a_full_record_buffer() {
+        // 4096 single pages every other frame, in a scrambled order (as a free list holds them).
+        let mut v: Vec<Range> = (0..4096u64)
+            .map(|i| Range {
+                pfn: ((i * 2749) % 4096) * 2,
+                pages: 1,
+            })
+            .collect();
+        sort(&mut v);
+        for (i, r) in v.iter().enumerate() {
+            assert_eq!(r.pfn, 2 * i as u64);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sort_is_an_ordered_permutation(
+            input in proptest::collection::vec((0u64..1 << 20, 0u64..4), 0..2000),
+        ) {
+            let mut v: Vec<Range> = input.iter().map(|&(pfn, pages)| Range { pfn, pages }).collect();
+            let mut expect = v.clone();
+            expect.sort();
+            sort(&mut v);
+            prop_assert_eq!(v, expect);
+        }
+
         #[test]
         fn coalesce_keeps_exactly_the_frames(
             input in proptest::collection::vec((0u64..4096, 0u64..64), 0..64),

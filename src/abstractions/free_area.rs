@@ -7,7 +7,7 @@
 //! the bottom up, so the first hints name what it reaches last), then its smaller free blocks
 //! from the free lists. [`HintBlocks::isolate`] asks mm for the next free blocks: mm takes them
 //! off its free lists under the zone's lock (one hold, a bounded number of steps and at most
-//! `PAGE_HINTING_BATCH` blocks, never below the zone's low watermark) and hands them over. From then on the blocks are owned by the
+//! `PAGE_HINTING_BATCH` blocks, never below the zone's high watermark) and hands them over. From then on the blocks are owned by the
 //! [`HintBlocks`] that holds them: nobody can allocate, and so write, them while a device acts
 //! on the hint. Dropping the [`HintBlocks`] (or [`HintBlocks::release`]) gives them back to the
 //! tail of their free lists; mm writes the poison pattern or zeroes into them first when page
@@ -43,7 +43,7 @@ pub(crate) struct WalkStats {
     pub(crate) holds: u64,
     /// Time the zone locks were held, all holds together, in nanoseconds.
     pub(crate) total_hold_ns: u64,
-    /// Zones left early because they were at their low watermark.
+    /// Zones left early because they were at their high watermark.
     pub(crate) low_zones: u64,
 }
 

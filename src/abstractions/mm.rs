@@ -32,8 +32,8 @@ pub(crate) fn available_pages() -> u64 {
 ///
 /// # Invariants
 ///
-/// `ptr` is an order-0 page returned by `alloc_pages` that this object owns: it holds the only
-/// reference, the page is on no list, its `private` field is zero and it is not `PageOffline`.
+/// `ptr` is an order-0 page (from `alloc_pages`, or split from a block by `split_page`) that
+/// this object owns: it holds the only reference, the page is on no list, its `private` field is zero and it is not `PageOffline`.
 pub(crate) struct OwnedPage {
     ptr: NonNull<bindings::page>,
 }
@@ -160,12 +160,17 @@ impl OwnedBlock {
     }
 
     /// Marks every page of the block `PageOffline` (`true`) or clears the mark.
-    fn set_offline(&self, offline: bool) {
+    ///
+    /// # Safety
+    ///
+    /// With `true`, no page of the block may have a page type; with `false`, every page must be
+    /// `PageOffline` (set by this function). A block must not be freed while marked.
+    unsafe fn set_offline(&self, offline: bool) {
         for i in 0..1usize << self.order {
             // The block's pages are consecutive `struct page`s: a buddy block never crosses a
-            // memory section. The callers alternate setting and clearing the mark.
-            // SAFETY: A page of a block we own (type invariant); its type is set only when it has
-            // none and cleared only when it is `PageOffline`.
+            // memory section.
+            // SAFETY: A page of a block we own (type invariant); by the function's safety
+            // requirements its type is set only when it has none and cleared only when set.
             unsafe {
                 let page = self.ptr.as_ptr().add(i);
                 if offline {
@@ -334,11 +339,14 @@ impl Drop for PageStack {
     }
 }
 
-/// The whole blocks of a balloon, all of one order: a last-in first-out collection linked
-/// through the first page's `private` field, so it needs no memory of its own.
+/// Whole blocks out of the guest's memory (in the balloon, or in a batch the host is being told
+/// of), all of one order: a last-in first-out collection linked through the first page's
+/// `private` field, so it needs no memory of its own. An empty stack takes the order of the
+/// first block pushed.
 ///
 /// A block in a stack has left the guest's managed memory and each of its pages is
-/// `PageOffline`, as in a [`PageStack`]; [`BlockStack::pop`] and dropping the stack undo both.
+/// `PageOffline`, as in a [`PageStack`]; [`BlockStack::pop`] and dropping the stack undo both,
+/// [`BlockStack::take_top`] moves a block between stacks as it is.
 ///
 /// # Invariants
 ///
@@ -356,12 +364,16 @@ pub(crate) struct BlockStack {
 unsafe impl Send for BlockStack {}
 
 impl BlockStack {
-    /// An empty stack for blocks of `order`.
+    /// An empty stack for blocks of `order` (at most `MAX_PAGE_ORDER`, as any block's).
     pub(crate) const fn new(order: u32) -> Self {
         Self {
             head: core::ptr::null_mut(),
             len: 0,
-            order,
+            order: if order > MAX_PAGE_ORDER {
+                MAX_PAGE_ORDER
+            } else {
+                order
+            },
         }
     }
 
@@ -375,19 +387,64 @@ impl BlockStack {
         (self.len as u64) << self.order
     }
 
+    /// Number of blocks held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether a block of `order` can be pushed (the stack's order, or any when it is empty).
+    pub(crate) fn accepts(&self, order: u32) -> bool {
+        self.len == 0 || order == self.order
+    }
+
+    /// Frame number of the first page of the block on top, if any.
+    pub(crate) fn top_pfn(&self) -> Option<u64> {
+        let ptr = NonNull::new(self.head)?;
+        // SAFETY: By the type invariant `ptr` is a valid page.
+        Some(unsafe { bindings::page_to_pfn(ptr.as_ptr()) } as u64)
+    }
+
+    /// Moves the block on top of `from` onto this stack, as it is (still offline, still out of
+    /// the managed count); false, with nothing moved, if `from` is empty or its order is not
+    /// one this stack accepts.
+    pub(crate) fn take_top(&mut self, from: &mut BlockStack) -> bool {
+        let Some(ptr) = NonNull::new(from.head) else {
+            return false;
+        };
+        if !self.accepts(from.order) {
+            return false;
+        }
+        // SAFETY: By the invariant of `from`, `ptr` is the first page of a block it owns, whose
+        // `private` field links to the next one; it now links to our head instead.
+        unsafe {
+            from.head = bindings::page_private(ptr.as_ptr()) as usize as *mut bindings::page;
+            bindings::set_page_private(ptr.as_ptr(), self.head as usize as _);
+        }
+        from.len -= 1;
+        // INVARIANT: the block stays owned, offline and accounted, now by this stack, of our
+        // order (the same, or adopted by an empty stack).
+        self.order = from.order;
+        self.head = ptr.as_ptr();
+        self.len += 1;
+        true
+    }
+
     /// Whether the stack is empty.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Takes ownership of `block`, which leaves the guest's managed memory; hands it back if it
-    /// is not of the stack's order.
+    /// is not of an order the stack accepts.
     pub(crate) fn push(&mut self, block: OwnedBlock) -> core::result::Result<(), OwnedBlock> {
-        if block.order != self.order {
+        if !self.accepts(block.order) {
             return Err(block);
         }
+        self.order = block.order;
         block.adjust_managed(-1);
-        block.set_offline(true);
+        // SAFETY: An owned block's pages have no page type (invariant of `OwnedBlock`); the mark
+        // is cleared before the block can be freed (`pop`, the only way out of the stack).
+        unsafe { block.set_offline(true) };
         let ptr = block.into_raw().as_ptr();
         // SAFETY: `ptr` is the first page of a block we own, its `private` field unused.
         unsafe { bindings::set_page_private(ptr, self.head as usize as _) };
@@ -409,14 +466,18 @@ impl BlockStack {
         };
         self.head = next;
         self.len -= 1;
-        let block = OwnedBlock {
+        // The block's pages are `PageOffline` and out of the managed count until restored here,
+        // before the block is handed out.
+        let block = core::mem::ManuallyDrop::new(OwnedBlock {
             ptr,
             order: self.order,
-        };
-        block.set_offline(false);
+        });
+        // SAFETY: Every page of a block in the stack is `PageOffline` (type invariant).
+        unsafe { block.set_offline(false) };
         block.adjust_managed(1);
-        // INVARIANT: the block left the stack with `private` cleared, no page type, accounted.
-        Some(block)
+        // INVARIANT: the block left the stack with `private` cleared, no page type, accounted:
+        // an `OwnedBlock` now.
+        Some(core::mem::ManuallyDrop::into_inner(block))
     }
 }
 

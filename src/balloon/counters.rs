@@ -28,7 +28,7 @@ pub(crate) struct Counters {
     pub(crate) alloc_ns: AtomicU64,
     /// Time spent waiting for the host to use buffers, in nanoseconds.
     pub(crate) host_wait_ns: AtomicU64,
-    /// Whole blocks (2 MiB) allocated and split into balloon pages.
+    /// Whole blocks (2 MiB or the host's minimum order) the balloon allocated, kept whole or split.
     pub(crate) blocks: AtomicU64,
     /// Page allocations that failed.
     pub(crate) alloc_failures: AtomicU64,
@@ -63,7 +63,7 @@ pub(crate) struct Counters {
     /// Time the free list walk held zone locks, every hold together, in nanoseconds (divided by
     /// `hint_lock_holds`: the mean hold).
     pub(crate) hint_lock_ns_total: AtomicU64,
-    /// Zones a walk left early because they were at their low watermark.
+    /// Zones a walk left early because they were at their high watermark.
     pub(crate) hint_low_zones: AtomicU64,
     /// Pages isolated for hints now (in buffers the host has not used yet).
     pub(crate) hint_isolated: AtomicU64,
@@ -104,24 +104,49 @@ pub(crate) struct Counters {
 /// (powers of 8).
 pub(crate) const RANGE_LEN_BUCKETS: usize = 6;
 
-/// Counts one page-record buffer: what [`crate::proto::records::encode`] wrote for `ranges`
-/// (merged), which name `pages` frames.
-pub(crate) fn record_buffer(c: &Counters, enc: &Encoded, ranges: &[Range], pages: u64) {
-    add(&c.record_buffers, 1);
-    add(&c.record_bytes, enc.bytes as u64);
-    add(&c.record_pages, pages);
-    add(&c.record_runs, enc.runs.into());
-    add(&c.record_bitmaps, enc.bitmaps.into());
-    add(&c.record_lists, enc.lists.into());
-    for r in ranges {
-        // 0 for 1 page, then one bucket per factor of 8 (2-7, 8-63, ...).
-        let log2 = 63 - r.pages.max(1).leading_zeros();
-        let bucket = if r.pages <= 1 {
-            0
-        } else {
-            log2 as usize / 3 + 1
-        };
-        add(&c.range_len[bucket.min(RANGE_LEN_BUCKETS - 1)], 1);
+/// What one sealed page-record buffer holds, counted once the buffer is on its queue (a buffer
+/// the queue refuses is not counted).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RecordTally {
+    enc: Encoded,
+    pages: u64,
+    /// Ranges by length, as in [`Counters::range_len`].
+    lens: [u64; RANGE_LEN_BUCKETS],
+}
+
+impl RecordTally {
+    /// The tally of what [`crate::proto::records::encode`] wrote for `ranges` (merged), which
+    /// name `pages` frames.
+    pub(crate) fn new(enc: &Encoded, ranges: &[Range], pages: u64) -> Self {
+        let mut lens = [0; RANGE_LEN_BUCKETS];
+        for r in ranges {
+            // 0 for 1 page, then one bucket per factor of 8 (2-7, 8-63, ...).
+            let log2 = 63 - r.pages.max(1).leading_zeros();
+            let bucket = if r.pages <= 1 {
+                0
+            } else {
+                log2 as usize / 3 + 1
+            };
+            lens[bucket.min(RANGE_LEN_BUCKETS - 1)] += 1;
+        }
+        Self {
+            enc: *enc,
+            pages,
+            lens,
+        }
+    }
+
+    /// Adds the buffer to the counters.
+    pub(crate) fn count(&self, c: &Counters) {
+        add(&c.record_buffers, 1);
+        add(&c.record_bytes, self.enc.bytes as u64);
+        add(&c.record_pages, self.pages);
+        add(&c.record_runs, self.enc.runs.into());
+        add(&c.record_bitmaps, self.enc.bitmaps.into());
+        add(&c.record_lists, self.enc.lists.into());
+        for (counter, n) in c.range_len.iter().zip(self.lens) {
+            add(counter, n);
+        }
     }
 }
 

@@ -16,7 +16,7 @@
 //! blocks in page records (one device-readable descriptor) instead of being the blocks
 //! themselves; the ownership rule is the same.
 
-use super::counters;
+use super::counters::{self, RecordTally};
 use super::events::Events;
 use super::pool::{MakeBuf, Pool};
 use super::target::elapsed_ns;
@@ -81,6 +81,8 @@ pub(crate) struct HintBuf {
     blocks: HintBlocks,
     /// With page records: the buffer and the bytes of it the records take.
     records: Option<(OutBuf, usize)>,
+    /// What the sealed records hold, counted once the buffer is queued.
+    tally: Option<RecordTally>,
 }
 
 impl Buffer for HintBuf {
@@ -102,6 +104,7 @@ impl HintBuf {
                 is_cmd: false,
                 blocks: HintBlocks::new(MAX_BLOCKS, true)?,
                 records: None,
+                tally: None,
             },
             GFP_KERNEL,
         )?)
@@ -115,6 +118,7 @@ impl HintBuf {
                 is_cmd: false,
                 blocks: HintBlocks::new(RECORD_BLOCKS, false)?,
                 records: Some((OutBuf::new(HINT_RECORD_BYTES)?, 0)),
+                tally: None,
             },
             GFP_KERNEL,
         )?)
@@ -122,7 +126,7 @@ impl HintBuf {
 
     /// Encodes the blocks held into the page records, if the buffer has them; blocks whose
     /// records do not fit go back to the allocator. False if none fit.
-    fn seal(&mut self, c: &counters::Counters) -> bool {
+    fn seal(&mut self) -> bool {
         let Some((out, len)) = &mut self.records else {
             return true;
         };
@@ -133,7 +137,7 @@ impl HintBuf {
         self.blocks.keep_ranges(enc.ranges);
         *len = enc.bytes;
         let pages = self.blocks.pages();
-        counters::record_buffer(c, &enc, self.blocks.ranges(), pages);
+        self.tally = Some(RecordTally::new(&enc, self.blocks.ranges(), pages));
         true
     }
 }
@@ -164,6 +168,7 @@ impl HintState {
     fn put(&mut self, mut buf: KBox<HintBuf>) {
         buf.blocks.release();
         buf.is_cmd = false;
+        buf.tally = None;
         if let Some((_, len)) = &mut buf.records {
             *len = 0;
         }
@@ -388,15 +393,19 @@ impl HintPart {
                 }
                 break;
             }
-            if !buf.seal(c) {
+            if !buf.seal() {
                 st.put(buf);
                 end = RoundEnd::Interrupted;
                 break;
             }
             let (pages, ranges) = (buf.blocks.pages(), buf.blocks.ranges().len() as u64);
+            let tally = buf.tally.take();
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();
+                    if let Some(t) = tally {
+                        t.count(c);
+                    }
                     st.isolated += pages;
                     counters::set(&c.hint_isolated, st.isolated);
                     c.hint_isolated_max

@@ -14,7 +14,7 @@
 //! queues the work again, so a suspend (which freezes the workqueue) never waits for a whole
 //! target.
 
-use super::counters;
+use super::counters::{self, RecordTally};
 use super::events::{Events, WAKE_TARGET};
 use super::pool::{MakeBuf, Pool};
 use crate::abstractions::{
@@ -104,14 +104,14 @@ enum Refused {
 /// guest's memory while it holds them; dropping it gives them back.
 ///
 /// With page records a batch also carries whole blocks (never split: one allocation, one
-/// managed-page update and one range each); they leave the guest's managed memory when they
-/// reach the balloon, after the host has used the batch.
+/// managed-page update and one range each), out of the guest's memory like its pages.
 pub(crate) struct Batch {
     wire: Wire,
     pages: PageStack,
-    blocks: [Option<OwnedBlock>; BATCH_BLOCKS],
-    /// Pages in `blocks`.
-    block_pages: u64,
+    /// At most [`BATCH_BLOCKS`].
+    blocks: BlockStack,
+    /// What the sealed page records hold, counted once the batch is queued.
+    tally: Option<RecordTally>,
 }
 
 impl Buffer for Batch {
@@ -130,8 +130,8 @@ impl Batch {
             Self {
                 wire: Wire::Pfns(PfnArray::new()),
                 pages: PageStack::new(),
-                blocks: Default::default(),
-                block_pages: 0,
+                blocks: BlockStack::new(BLOCK_ORDER),
+                tally: None,
             },
             GFP_KERNEL,
         )?)
@@ -152,8 +152,8 @@ impl Batch {
             Self {
                 wire: Wire::Records(records),
                 pages: PageStack::new(),
-                blocks: Default::default(),
-                block_pages: 0,
+                blocks: BlockStack::new(BLOCK_ORDER),
+                tally: None,
             },
             GFP_KERNEL,
         )?)
@@ -161,7 +161,7 @@ impl Batch {
 
     /// Pages in the batch.
     fn len(&self) -> usize {
-        self.pages.len() + self.block_pages as usize
+        self.pages.len() + self.blocks.pages() as usize
     }
 
     /// Whether the batch can take a whole block of `pages` pages (only page records can).
@@ -170,46 +170,65 @@ impl Batch {
             Wire::Pfns(_) => false,
             Wire::Records(r) => {
                 r.collector.pages() + pages <= RECORD_BATCH_PAGES
-                    && self.blocks.iter().any(Option::is_none)
+                    && self.blocks.len() < BATCH_BLOCKS
             }
         }
     }
 
-    /// Adds a whole block and its frames, or hands the block back.
+    /// Adds a whole block, which leaves the guest's memory, and its frames; or hands the block
+    /// back.
     fn push_block(&mut self, block: OwnedBlock) -> core::result::Result<(), OwnedBlock> {
-        let pages = 1u64 << block.order();
+        let (pfn, pages) = (block.pfn(), 1u64 << block.order());
         if !self.has_room_for_block(pages) {
             return Err(block);
         }
         let Wire::Records(r) = &mut self.wire else {
             return Err(block);
         };
-        let Some(slot) = self.blocks.iter_mut().find(|b| b.is_none()) else {
-            return Err(block);
+        self.blocks.push(block)?;
+        let Records {
+            collector, ranges, ..
+        } = &mut **r;
+        if collector.push_range(ranges, pfn, pages) {
+            return Ok(());
+        }
+        // Refused: the block just pushed comes back off the top.
+        self.blocks.pop().map_or(Ok(()), Err)
+    }
+
+    /// Moves the block on top of `from` (the balloon's) into the batch, still out of the
+    /// guest's memory, and adds its frames; false, with nothing moved, if it does not fit.
+    fn take_block(&mut self, from: &mut BlockStack) -> bool {
+        let pages = 1u64 << from.order();
+        let Some(pfn) = from.top_pfn() else {
+            return false;
+        };
+        if !self.has_room_for_block(pages) || !self.blocks.accepts(from.order()) {
+            return false;
+        }
+        let Wire::Records(r) = &mut self.wire else {
+            return false;
         };
         let Records {
             collector, ranges, ..
         } = &mut **r;
-        if !collector.push_range(ranges, block.pfn(), pages) {
-            return Err(block);
-        }
-        *slot = Some(block);
-        self.block_pages += pages;
-        Ok(())
+        // Checked above: the move cannot fail once the frames are in.
+        collector.push_range(ranges, pfn, pages) && self.blocks.take_top(from)
     }
 
     /// Moves the batch's pages and blocks into the balloon.
     fn move_to_balloon(&mut self, pages: &mut PageStack, blocks: &mut BlockStack) {
         pages.append(&mut self.pages);
-        for block in self.blocks.iter_mut().filter_map(Option::take) {
-            if let Err(block) = blocks.push(block) {
+        while !self.blocks.is_empty() {
+            if !blocks.take_top(&mut self.blocks) {
                 // Not of the balloon's block order: kept as pages.
-                for page in block.split() {
-                    pages.push(page);
+                if let Some(block) = self.blocks.pop() {
+                    for page in block.split() {
+                        pages.push(page);
+                    }
                 }
             }
         }
-        self.block_pages = 0;
         self.clear_wire();
     }
 
@@ -245,7 +264,7 @@ impl Batch {
 
     /// Makes the wire buffer ready to queue (encodes the records); false if they did not all
     /// fit, which the collector rules out.
-    fn seal(&mut self, c: &counters::Counters) -> bool {
+    fn seal(&mut self) -> bool {
         let Wire::Records(r) = &mut self.wire else {
             return true;
         };
@@ -258,12 +277,13 @@ impl Batch {
         } = &mut **r;
         let (enc, merged) = collector.finish(ranges, out.as_mut_slice());
         *len = enc.bytes;
-        counters::record_buffer(c, &enc, &ranges[..merged], pages);
+        self.tally = Some(RecordTally::new(&enc, &ranges[..merged], pages));
         enc.ranges == merged
     }
 
     /// Forgets the frames on the wire (the pages stay).
     fn clear_wire(&mut self) {
+        self.tally = None;
         match &mut self.wire {
             Wire::Pfns(pfns) => pfns.clear(),
             Wire::Records(r) => {
@@ -278,10 +298,9 @@ impl Batch {
         while let Some(page) = self.pages.pop() {
             drop(page);
         }
-        for block in self.blocks.iter_mut().filter_map(Option::take) {
+        while let Some(block) = self.blocks.pop() {
             drop(block);
         }
-        self.block_pages = 0;
         self.clear_wire();
     }
 }
@@ -609,10 +628,12 @@ impl TargetPart {
         let c = ev.counters();
         let mut queued = 0u32;
         let mut stop = Stop::Done;
-        // Pages of a block not handed out yet, and a whole block a full batch refused, are freed
-        // when this returns.
+        // Pages of a block not handed out yet, and a whole block or page a full batch refused,
+        // are freed when this returns.
         let mut block = None;
         let mut carry: Option<OwnedBlock> = None;
+        // A page a full batch refused: the next batch takes it.
+        let mut spare: Option<OwnedPage> = None;
         let mut try_blocks = true;
         let block_pages = 1u32 << self.block_order;
         loop {
@@ -653,6 +674,8 @@ impl TargetPart {
                     if try_blocks
                         && left >= block_pages
                         && batch.has_room_for_block(block_pages.into())
+                        && (carry.is_some()
+                            || available_pages() >= self.floor_pages + u64::from(block_pages))
                     {
                         // Whole blocks, never split, while the guest has them.
                         let got = carry.take().or_else(|| {
@@ -674,15 +697,20 @@ impl TargetPart {
                             None => try_blocks = false,
                         }
                     }
-                    let Some(page) = self.alloc_page(ev, &mut block, &mut try_blocks, left) else {
+                    let got = spare
+                        .take()
+                        .or_else(|| self.alloc_page(ev, &mut block, &mut try_blocks, left));
+                    let Some(page) = got else {
                         counters::add(&c.alloc_failures, 1);
                         stop = Stop::NoPages;
                         break;
                     };
                     match batch.push(page) {
                         Ok(()) => {}
-                        // The page goes back to the guest; the next batch takes the rest.
-                        Err(Refused::Full(_)) => break,
+                        Err(Refused::Full(page)) => {
+                            spare = Some(page);
+                            break;
+                        }
                         Err(Refused::Unreportable(_)) => {
                             // A frame above 16 TiB cannot be reported with 32-bit PFNs.
                             stop = Stop::NoPages;
@@ -695,18 +723,22 @@ impl TargetPart {
                     st.pool.put(batch);
                     break;
                 }
-                if !batch.seal(c) {
+                if !batch.seal() {
                     batch.release();
                     st.pool.put(batch);
                     stop = Stop::NoPages;
                     break;
                 }
                 let n = batch.len() as u32;
+                let tally = batch.tally.take();
                 match st.inflate_vq.add(batch) {
                     Ok(()) => {
                         queued += n;
                         added = true;
                         counters::add(&c.inflate_descs, 1);
+                        if let Some(t) = tally {
+                            t.count(c);
+                        }
                     }
                     Err((_, mut batch)) => {
                         batch.release();
@@ -773,12 +805,9 @@ impl TargetPart {
                         }
                         let left = want - queued - batch.len() as u32;
                         if left >= block_pages && batch.has_room_for_block(block_pages.into()) {
-                            // A whole block: one range, one free.
-                            if let Some(Err(b)) = st.blocks.pop().map(|b| batch.push_block(b)) {
+                            // A whole block: one range, one free (after the host knows).
+                            if !batch.take_block(&mut st.blocks) {
                                 // Room was checked; should it be refused, it stays ballooned.
-                                if let Err(b) = st.blocks.push(b) {
-                                    drop(b);
-                                }
                                 break;
                             }
                         } else if left < block_pages || batch.len() == 0 {
@@ -801,18 +830,22 @@ impl TargetPart {
                         break;
                     }
                 }
-                if !batch.seal(c) {
+                if batch.len() == 0 || !batch.seal() {
                     batch.move_to_balloon(&mut st.pages, &mut st.blocks);
                     st.pool.put(batch);
                     stop = Stop::NoPages;
                     break;
                 }
                 let n = batch.len() as u32;
+                let tally = batch.tally.take();
                 match st.deflate_vq.add(batch) {
                     Ok(()) => {
                         queued += n;
                         added = true;
                         counters::add(&c.deflate_descs, 1);
+                        if let Some(t) = tally {
+                            t.count(c);
+                        }
                     }
                     Err((_, mut batch)) => {
                         // Not reported (ring full, device gone): the pages stay ballooned.

@@ -115,7 +115,8 @@ impl Range {
 
 /// Sorts `ranges` and merges the ones that touch or overlap into ranges of at most `max_pages`;
 /// returns how many ranges are left at the front of the slice. Empty ranges are dropped; a range
-/// that is longer than `max_pages` on input is kept as it is.
+/// that is longer than `max_pages` on input is kept as it is. Ranges that only touch are split
+/// where one ended, never inside one (a block is never cut in two).
 ///
 /// Every frame covered before is covered after, and no frame is added.
 pub(crate) fn coalesce(ranges: &mut [Range], max_pages: u64) -> usize {
@@ -128,7 +129,10 @@ pub(crate) fn coalesce(ranges: &mut [Range], max_pages: u64) -> usize {
         }
         if out > 0 {
             let last = &mut ranges[out - 1];
-            if r.pfn <= last.end() {
+            if r.pfn == last.end() && r.end() - last.pfn > max_pages.max(last.pages) {
+                // Touching, but too long together: `r` starts the next range, so a range ends
+                // only where an input range (a block) does.
+            } else if r.pfn <= last.end() {
                 let end = r.end().max(last.end());
                 if end - last.pfn <= max_pages.max(last.pages) {
                     last.pages = end - last.pfn;
@@ -153,14 +157,42 @@ pub(crate) fn coalesce(ranges: &mut [Range], max_pages: u64) -> usize {
     out
 }
 
-/// Sorts by frame number. An insertion sort: buffers are small (a few hundred entries) and often
-/// nearly sorted, and unlike `core`'s sorts it has no panicking path.
-fn sort(ranges: &mut [Range]) {
-    for i in 1..ranges.len() {
-        let mut j = i;
-        while j > 0 && ranges[j - 1] > ranges[j] {
-            ranges.swap(j - 1, j);
-            j -= 1;
+/// Sorts by frame number: a heapsort, O(n log n) whatever the input's order (a page-record hint
+/// buffer holds thousands of blocks, in free-list order), in place, with no allocation and,
+/// unlike `core`'s sorts, no panicking path. Runs already in order (a batch of pages popped
+/// from the balloon's stack, reversed by the caller) are left as they are.
+pub(crate) fn sort(ranges: &mut [Range]) {
+    if ranges.windows(2).all(|w| w[0] <= w[1]) {
+        return;
+    }
+    let n = ranges.len();
+    for start in (0..n / 2).rev() {
+        sift_down(ranges, start, n);
+    }
+    for end in (1..n).rev() {
+        ranges.swap(0, end);
+        sift_down(ranges, 0, end);
+    }
+}
+
+/// Moves `heap[root]` down the max-heap `heap[..end]` to where it belongs.
+fn sift_down(heap: &mut [Range], mut root: usize, end: usize) {
+    let end = end.min(heap.len());
+    loop {
+        let left = 2 * root + 1;
+        if left >= end {
+            return;
         }
+        let right = left + 1;
+        let child = if right < end && heap[right] > heap[left] {
+            right
+        } else {
+            left
+        };
+        if heap[root] >= heap[child] {
+            return;
+        }
+        heap.swap(root, child);
+        root = child;
     }
 }
