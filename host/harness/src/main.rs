@@ -25,6 +25,7 @@ commands:
   test [--driver rs|c|both] [--filter TEXT] [--list] [--no-unit]
                             run the unit tests and every scenario, ending with 'N passed, N failed'
   bench [--guest-gib N] [--only inflate|migration] [--reps N] [--case idle|after-workload|churn|fragmented]
+        [--max-bandwidth-mib N]
                             inflate all but 1 GiB of an 8 GiB guest and back, both drivers;
                             migrate 2 and 8 GiB guests (or N) with no hinting, the C driver's
                             hinting and ours, N runs each (default 3), every case (or the ones
@@ -67,6 +68,8 @@ pub struct Opts {
     pub only: Option<String>,
     pub reps: Option<u32>,
     pub cases: Vec<migrate::Variant>,
+    /// Migration bandwidth cap of the bench, in MiB/s (default: no cap).
+    pub max_bandwidth_mib: Option<u64>,
 }
 
 impl Opts {
@@ -102,6 +105,14 @@ impl Opts {
                 ),
                 "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
                 "--no-unit" => o.no_unit = true,
+                "--max-bandwidth-mib" => {
+                    o.max_bandwidth_mib = Some(
+                        it.next()
+                            .and_then(|v| v.parse().ok())
+                            .filter(|&v: &u64| v > 0)
+                            .unwrap_or_else(|| usage()),
+                    )
+                }
                 "--guest-gib" => {
                     o.guest_gib = Some(
                         it.next()

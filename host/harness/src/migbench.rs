@@ -61,7 +61,7 @@ struct Row {
     result: Result<Case>,
 }
 
-fn one(gib: u64, v: Variant, limit_ms: u64, s: Setup, rep: u32) -> (Row, bool) {
+fn one(gib: u64, v: Variant, limit_ms: u64, s: Setup, rep: u32, bw: u64) -> (Row, bool) {
     let mut cfg = Config::new(&format!("bench-mig-{}", s.driver.label()), gib * 1024);
     cfg.flavour = "bench";
     cfg.free_page_hint = s.hint;
@@ -74,6 +74,7 @@ fn one(gib: u64, v: Variant, limit_ms: u64, s: Setup, rep: u32) -> (Row, bool) {
     );
     let p = Params {
         downtime_limit_ms: limit_ms,
+        max_bandwidth: bw,
         ..Params::default()
     };
     let mut accel = "";
@@ -113,15 +114,15 @@ fn median(mut v: Vec<u64>) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-fn table(rows: &[Row], reps: u32) -> String {
+fn table(rows: &[Row], reps: u32, bw: u64) -> String {
     let mut s = String::new();
     s += &format!(
-        "Live migration over a unix socket, max-bandwidth {} GiB/s, {} (QEMU {}); bench kernel. \
+        "Live migration over a unix socket, max-bandwidth {} MiB/s, {} (QEMU {}); bench kernel. \
          Live data {} MiB; 'after workload': most of memory written with random data and freed \
          just before; 'churn': {} x {} MiB files rewritten during migration; 'fragmented': a process \
          wrote {} MiB and freed every other 4 KiB page of it just before. 'limit': QEMU's \
          downtime-limit. Medians of {reps} runs; downtime as median (min-max).\n\n",
-        Params::default().max_bandwidth >> 30,
+        bw >> 20,
         rows.first().map(|r| r.accel).unwrap_or(""),
         qemu_version(),
         migrate::LIVE_MIB,
@@ -354,7 +355,9 @@ const SWEEP_LIMITS_MS: &[u64] = &[100, 50];
 /// Runs every case (`cases`: all when empty) `reps` times for each guest size, at the default
 /// downtime limit and, for the smallest guest after the workload, at [`SWEEP_LIMITS_MS`]; prints
 /// the medians and writes them as text, and every run as CSV.
-pub fn bench(sizes: &[u64], reps: u32, cases: &[Variant]) -> Result<bool> {
+/// `bw_mib` caps the migration bandwidth (MiB/s; default: no cap, 100 GiB/s).
+pub fn bench(sizes: &[u64], reps: u32, cases: &[Variant], bw_mib: Option<u64>) -> Result<bool> {
+    let bw = bw_mib.map_or(Params::default().max_bandwidth, |m| m << 20);
     let mut groups = Vec::new();
     let variants: Vec<Variant> = VARIANTS
         .iter()
@@ -378,13 +381,13 @@ pub fn bench(sizes: &[u64], reps: u32, cases: &[Variant]) -> Result<bool> {
     for (gib, v, limit) in groups {
         for &s in SETUPS {
             for rep in 0..reps {
-                let (row, clean) = one(gib, v, limit, s, rep);
+                let (row, clean) = one(gib, v, limit, s, rep, bw);
                 all_clean &= clean && row.result.is_ok();
                 rows.push(row);
             }
         }
     }
-    let text = table(&rows, reps);
+    let text = table(&rows, reps, bw);
     println!("{text}");
     let dir = paths::artifacts("bench");
     std::fs::write(dir.join("bench-migration.txt"), &text).ctx("writing the report")?;

@@ -321,7 +321,12 @@ pub fn bench(opts: &Opts) -> Result<bool> {
             Some(g) => vec![g],
             None => vec![2, 8],
         };
-        crate::migbench::bench(&sizes, opts.reps.unwrap_or(3), &opts.cases)?
+        crate::migbench::bench(
+            &sizes,
+            opts.reps.unwrap_or(3),
+            &opts.cases,
+            opts.max_bandwidth_mib,
+        )?
     } else {
         true
     };
