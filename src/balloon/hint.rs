@@ -9,8 +9,8 @@
 //! stop id. A block stays isolated, owned by its buffer, until the host has used the buffer, so
 //! the guest cannot write a page while the host acts on a hint that names it (on KVM such a
 //! write can be lost). At most [`HINT_BUFFERS`] buffers of at most [`buffer_pages`] pages are
-//! out at once: the guest's free memory never dips by more than an eighth of the guest's memory
-//! (64 MiB at least, 256 MiB at most), unlike the C driver, which allocates 4 MiB blocks until
+//! out at once: the guest's free memory never dips by more than a quarter of the guest's memory
+//! (64 MiB at least, 512 MiB at most), unlike the C driver, which allocates 4 MiB blocks until
 //! none is left. A new id, the stop id, any other config change, device removal, suspend or an
 //! unresponsive host end a round early. With `VIRTIO_BALLOON_F_PAGE_RANGES` a buffer names its
 //! blocks in page records (one device-readable descriptor) instead of being the blocks
@@ -40,18 +40,18 @@ use kernel::{
 
 /// Buffers on the free page queue, at most (also bounded by the ring size).
 pub(crate) const HINT_BUFFERS: usize = 4;
-/// Pages one hint buffer names at most, whatever the guest's size: 16 MiB and 64 MiB.
+/// Pages one hint buffer names at most, whatever the guest's size: 16 MiB and 128 MiB.
 const BUFFER_PAGES_MIN: u64 = 4096;
-const BUFFER_PAGES_MAX: u64 = 16384;
+const BUFFER_PAGES_MAX: u64 = 32768;
 
 /// Pages one hint buffer names at most in a guest of `total` pages: with [`HINT_BUFFERS`]
-/// buffers, an eighth of the guest's memory is isolated at any moment, at most (64 MiB at
-/// least, 256 MiB at most). Fewer, smaller buffers make the round slower than the migration's
+/// buffers, a quarter of the guest's memory is isolated at any moment, at most (64 MiB at
+/// least, 512 MiB at most). Fewer, smaller buffers make the round slower than the migration's
 /// first pass over memory: QEMU applies each hint under the lock its migration thread holds for
 /// up to 50 ms at a time, and long scatter-gather entries get more done per turn
 /// (docs/free-page-hinting.md).
 pub(crate) fn buffer_pages(total: u64) -> u64 {
-    (total / (8 * HINT_BUFFERS as u64)).clamp(BUFFER_PAGES_MIN, BUFFER_PAGES_MAX)
+    (total / (4 * HINT_BUFFERS as u64)).clamp(BUFFER_PAGES_MIN, BUFFER_PAGES_MAX)
 }
 
 /// Calls of the walk that find no block, in a row, after which a buffer is sent as it is (16
