@@ -64,13 +64,15 @@ const HINT_HOST_TIMEOUT_MS: u32 = 5_000;
 /// Bytes of a page-record hint buffer (order 3).
 const HINT_RECORD_BYTES: usize = 32768;
 /// Blocks a page-record hint buffer names at most: 128 times what a buffer of the standard
-/// protocol may hold (one ring descriptor each), so that a buffer of single pages names as many
-/// pages as [`buffer_pages`] allows in a 2 GiB guest (64 MiB), which counts when free memory is
-/// fragmented: QEMU waits for its migration bitmap lock once per buffer (or per few buffers),
-/// up to 50 ms. Single pages every other frame take an eighth of a byte each as a bitmap; blocks
-/// whose records do not fit in [`HINT_RECORD_BYTES`] go back to the allocator unsent
-/// ([`MAX_BLOCKS`] blocks, one isolation's worth, always fit). The holder's arrays take 32 bytes
-/// a block (512 KiB; [`HINT_BUFFERS`] buffers: 2 MiB) (docs/free-page-hinting.md).
+/// protocol may hold (one ring descriptor each), so that a buffer of single pages names 64 MiB
+/// (as [`buffer_pages`] allows a 1 GiB guest), which counts when free memory is fragmented:
+/// QEMU waits for its migration bitmap lock once per buffer (or per few buffers), up to 50 ms.
+/// Single pages every other frame take an eighth of a byte each as a bitmap, but single pages
+/// 32 or more frames apart take 4 bytes each, so only about 8000 of those fit: blocks whose
+/// records do not fit in [`HINT_RECORD_BYTES`] go back to the allocator unsent, and are not
+/// hinted again in this round ([`MAX_BLOCKS`] blocks, one isolation's worth, always fit). The
+/// holder's arrays take 32 bytes a block (512 KiB; [`HINT_BUFFERS`] buffers: 2 MiB)
+/// (docs/free-page-hinting.md).
 const RECORD_BLOCKS: usize = 128 * MAX_BLOCKS;
 const _: () = assert!(max_bytes(MAX_BLOCKS) <= HINT_RECORD_BYTES);
 

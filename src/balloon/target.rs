@@ -209,11 +209,19 @@ impl Batch {
         let Wire::Records(r) = &mut self.wire else {
             return false;
         };
+        if !self.blocks.take_top(from) {
+            return false;
+        }
         let Records {
             collector, ranges, ..
         } = &mut **r;
-        // Checked above: the move cannot fail once the frames are in.
-        collector.push_range(ranges, pfn, pages) && self.blocks.take_top(from)
+        if collector.push_range(ranges, pfn, pages) {
+            return true;
+        }
+        // Refused: the block goes back on top of the balloon's stack, as it came (the stack
+        // held blocks of its order a moment ago, so it takes it).
+        from.take_top(&mut self.blocks);
+        false
     }
 
     /// Moves the batch's pages and blocks into the balloon.
@@ -672,10 +680,15 @@ impl TargetPart {
                     }
                     let left = want - queued - batch.len() as u32;
                     if try_blocks
+                        && carry.is_none()
+                        && available_pages() < self.floor_pages + u64::from(block_pages)
+                    {
+                        // Near the floor: single pages from here on (checked every 256).
+                        try_blocks = false;
+                    }
+                    if try_blocks
                         && left >= block_pages
                         && batch.has_room_for_block(block_pages.into())
-                        && (carry.is_some()
-                            || available_pages() >= self.floor_pages + u64::from(block_pages))
                     {
                         // Whole blocks, never split, while the guest has them.
                         let got = carry.take().or_else(|| {
