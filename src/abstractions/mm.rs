@@ -33,7 +33,8 @@ pub(crate) fn available_pages() -> u64 {
 /// # Invariants
 ///
 /// `ptr` is an order-0 page (from `alloc_pages`, or split from a block by `split_page`) that
-/// this object owns: it holds the only reference, the page is on no list, its `private` field is zero and it is not `PageOffline`.
+/// this object owns: it holds the only reference, the page is on no list, its `private` field is
+/// zero and it is not `PageOffline`.
 pub(crate) struct OwnedPage {
     ptr: NonNull<bindings::page>,
 }
