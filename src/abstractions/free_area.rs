@@ -7,8 +7,8 @@
 //! the bottom up, so the first hints name what it reaches last), then its smaller free blocks
 //! from the free lists. [`HintBlocks::isolate`] asks mm for the next free blocks: mm takes them
 //! off its free lists under the zone's lock (one hold, a bounded number of steps and at most
-//! `PAGE_HINTING_BATCH` blocks, never below the zone's high watermark) and hands them over. From then on the blocks are owned by the
-//! [`HintBlocks`] that holds them: nobody can allocate, and so write, them while a device acts
+//! `PAGE_HINTING_BATCH` blocks, never below the zone's high watermark) and hands them over.
+//! From then on the blocks are owned by the [`HintBlocks`] that holds them: nobody can allocate, and so write, them while a device acts
 //! on the hint. Dropping the [`HintBlocks`] (or [`HintBlocks::release`]) gives them back to the
 //! tail of their free lists; mm writes the poison pattern or zeroes into them first when page
 //! poisoning or `init_on_free` expect them.

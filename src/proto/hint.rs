@@ -160,8 +160,9 @@ pub(crate) fn coalesce(ranges: &mut [Range], max_pages: u64) -> usize {
 /// Sorts by frame number: a heapsort, O(n log n) whatever the input's order (a page-record hint
 /// buffer holds thousands of blocks, in free-list order), in place, with no allocation; every
 /// index it uses is within the slice (`core`'s sorts carry panic paths for inconsistent
-/// orderings, which a derived `Ord` never is, but the module has none). Runs already in order (a batch of pages popped
-/// from the balloon's stack, reversed by the caller) are left as they are.
+/// orderings, which a derived `Ord` never is, but the module has none). Runs already in order
+/// (a batch of pages popped from the balloon's stack, reversed by the caller) are left as they
+/// are.
 pub(crate) fn sort(ranges: &mut [Range]) {
     if ranges.windows(2).all(|w| w[0] <= w[1]) {
         return;
