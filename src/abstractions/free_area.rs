@@ -8,10 +8,12 @@
 //! from the free lists. [`HintBlocks::isolate`] asks mm for the next free blocks: mm takes them
 //! off its free lists under the zone's lock (one hold, a bounded number of steps and at most
 //! `PAGE_HINTING_BATCH` blocks, never below the zone's high watermark) and hands them over.
-//! From then on the blocks are owned by the [`HintBlocks`] that holds them: nobody can allocate, and so write, them while a device acts
-//! on the hint. Dropping the [`HintBlocks`] (or [`HintBlocks::release`]) gives them back to the
-//! tail of their free lists; mm writes the poison pattern or zeroes into them first when page
-//! poisoning or `init_on_free` expect them.
+//! From then on the blocks are owned by the [`HintBlocks`] that holds them: nobody can
+//! allocate, and so write, them while a device acts on the hint. Dropping the [`HintBlocks`]
+//! (or [`HintBlocks::release`]) gives them back to the tail of their free lists; mm writes the
+//! poison pattern or zeroes into them first when page poisoning or `init_on_free` expect them.
+//! Blocks given back after the device acted on their hint stay marked as hinted while they
+//! remain free, so that a later walk can pass them over ([`HintWalk::new`]).
 //!
 //! Safe code cannot reach a free list, a zone or its lock: it only gets owned blocks and hands
 //! them back. It can keep blocks out of the allocator for as long as it holds them; the callers
@@ -45,6 +47,8 @@ pub(crate) struct WalkStats {
     pub(crate) total_hold_ns: u64,
     /// Zones left early because they were at their high watermark.
     pub(crate) low_zones: u64,
+    /// Blocks passed over because they were hinted, and stayed free, since they were last freed.
+    pub(crate) skipped: u64,
 }
 
 /// mm's walk over the free memory of every populated zone (`struct page_hinting_walk`).
@@ -61,11 +65,13 @@ pub(crate) struct HintWalk {
 unsafe impl Send for HintWalk {}
 
 impl HintWalk {
-    /// Starts a walk that hints free blocks of order `min_order` and above.
-    pub(crate) fn new(min_order: u32) -> Self {
+    /// Starts a walk that hints free blocks of order `min_order` and above. With `skip_hinted`
+    /// it passes over the blocks a walk has hinted since they were last freed (mm marks them
+    /// when they are put back, and clears the mark when they leave the free lists).
+    pub(crate) fn new(min_order: u32, skip_hinted: bool) -> Self {
         let mut raw = MaybeUninit::<bindings::page_hinting_walk>::zeroed();
         // SAFETY: `raw` is valid for writes; `page_hinting_walk_init` initialises every field.
-        unsafe { bindings::page_hinting_walk_init(raw.as_mut_ptr(), min_order) };
+        unsafe { bindings::page_hinting_walk_init(raw.as_mut_ptr(), min_order, skip_hinted) };
         // SAFETY: Initialised just above (and all-zero is a valid value anyway).
         let raw = unsafe { raw.assume_init() };
         // INVARIANT: initialised by `page_hinting_walk_init`.
@@ -85,6 +91,7 @@ impl HintWalk {
             holds: self.raw.holds,
             total_hold_ns: self.raw.hold_ns_total,
             low_zones: self.raw.low_zones,
+            skipped: self.raw.skipped,
         }
     }
 }
@@ -187,12 +194,16 @@ impl HintBlocks {
         n
     }
 
-    /// Gives every block back to the allocator. May sleep.
-    pub(crate) fn release(&mut self) {
+    /// Gives every block back to the allocator; `hinted`: the device acted on their hint (mm
+    /// then marks them until they leave the free lists; a wrong `true` only costs later hints,
+    /// see [`HintWalk::new`]). May sleep.
+    pub(crate) fn release(&mut self, hinted: bool) {
         if self.len > 0 {
             // SAFETY: `blocks[..len]` are isolated blocks we own (type invariant); afterwards
             // we forget them.
-            unsafe { bindings::page_hinting_putback(self.blocks.as_mut_ptr(), self.len as u32) };
+            unsafe {
+                bindings::page_hinting_putback(self.blocks.as_mut_ptr(), self.len as u32, hinted)
+            };
         }
         // INVARIANT: nothing is held any more.
         self.len = 0;
@@ -229,7 +240,7 @@ impl HintBlocks {
         if !back.is_empty() {
             // SAFETY: `back` are isolated blocks we own (type invariant); afterwards we forget
             // them.
-            unsafe { bindings::page_hinting_putback(back.as_mut_ptr(), back.len() as u32) };
+            unsafe { bindings::page_hinting_putback(back.as_mut_ptr(), back.len() as u32, false) };
         }
         // INVARIANT: the blocks below `cut` are kept, the others were put back; the first `keep`
         // ranges describe exactly the kept ones.
@@ -297,6 +308,6 @@ unsafe impl DeviceWritable for HintBlocks {
 
 impl Drop for HintBlocks {
     fn drop(&mut self) {
-        self.release();
+        self.release(false);
     }
 }

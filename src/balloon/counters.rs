@@ -65,6 +65,9 @@ pub(crate) struct Counters {
     pub(crate) hint_lock_ns_total: AtomicU64,
     /// Zones a walk left early because they were at their high watermark.
     pub(crate) hint_low_zones: AtomicU64,
+    /// Blocks a walk passed over: hinted in an earlier round of the same migration and free
+    /// since.
+    pub(crate) hint_skipped: AtomicU64,
     /// Pages isolated for hints now (in buffers the host has not used yet).
     pub(crate) hint_isolated: AtomicU64,
     /// Most pages isolated for hints at one moment (at most `hint_bound`).
@@ -180,6 +183,7 @@ impl Counters {
         (c_str!("hint_lock_holds"), |c| &c.hint_lock_holds),
         (c_str!("hint_lock_ns_total"), |c| &c.hint_lock_ns_total),
         (c_str!("hint_low_zones"), |c| &c.hint_low_zones),
+        (c_str!("hint_skipped"), |c| &c.hint_skipped),
         (c_str!("hint_isolated"), |c| &c.hint_isolated),
         (c_str!("hint_isolated_max"), |c| &c.hint_isolated_max),
         (c_str!("hint_bound"), |c| &c.hint_bound),

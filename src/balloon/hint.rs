@@ -86,6 +86,8 @@ pub(crate) struct HintBuf {
     records: Option<(OutBuf, usize)>,
     /// What the sealed records hold, counted once the buffer is queued.
     tally: Option<RecordTally>,
+    /// The round the blocks were sent in, once queued.
+    round: Option<u32>,
 }
 
 impl Buffer for HintBuf {
@@ -108,6 +110,7 @@ impl HintBuf {
                 blocks: HintBlocks::new(MAX_BLOCKS, true)?,
                 records: None,
                 tally: None,
+                round: None,
             },
             GFP_KERNEL,
         )?)
@@ -122,6 +125,7 @@ impl HintBuf {
                 blocks: HintBlocks::new(RECORD_BLOCKS, false)?,
                 records: Some((OutBuf::new(HINT_RECORD_BYTES)?, 0)),
                 tally: None,
+                round: None,
             },
             GFP_KERNEL,
         )?)
@@ -159,6 +163,10 @@ struct HintState {
     max_blocks: usize,
     /// Command ids are little-endian (virtio 1.0), else in the guest's order (legacy).
     le: bool,
+    /// A walk that passed nothing over has visited every zone since the host last said it was
+    /// done with hints (or since probe or resume): the blocks mm marks as hinted were hinted
+    /// for this migration, and later rounds pass them over.
+    walked_all: bool,
 }
 
 impl HintState {
@@ -167,11 +175,13 @@ impl HintState {
         self.pool.size() as u64 * self.buffer_pages
     }
 
-    /// Takes a buffer back: its blocks go back to the allocator.
-    fn put(&mut self, mut buf: KBox<HintBuf>) {
-        buf.blocks.release();
+    /// Takes a buffer back: its blocks go back to the allocator, marked as hinted if `hinted`
+    /// (the host acted on them).
+    fn put(&mut self, mut buf: KBox<HintBuf>, hinted: bool) {
+        buf.blocks.release(hinted);
         buf.is_cmd = false;
         buf.tally = None;
+        buf.round = None;
         if let Some((_, len)) = &mut buf.records {
             *len = 0;
         }
@@ -219,6 +229,7 @@ impl HintPart {
                 buffer_pages: buffer_pages(total_pages),
                 max_blocks,
                 le,
+                walked_all: false,
             }),
         }))
     }
@@ -234,6 +245,7 @@ impl HintPart {
         let mut st = self.state.lock();
         st.rounds = Rounds::new();
         st.isolated = 0;
+        st.walked_all = false;
     }
 }
 
@@ -266,6 +278,8 @@ impl HintPart {
                     if raw == crate::proto::hint::CMD_ID_DONE {
                         // The host no longer needs hints.
                         counters::add(&ev.counters().hint_done, 1);
+                        // The next migration starts from a full dirty bitmap.
+                        st.walked_all = false;
                     }
                     // Buffers still out (the host used them, or has not looked at them since a
                     // migration moved the ring): ask the host to look; their blocks come back
@@ -357,7 +371,7 @@ impl HintPart {
                 RoundEnd::Complete
             }
             Err((_, buf)) => {
-                st.put(buf);
+                st.put(buf, false);
                 RoundEnd::HostTrouble
             }
         }
@@ -373,7 +387,8 @@ impl HintPart {
             .hint_min_order
             .load(Ordering::Relaxed)
             .min(u64::from(u32::MAX)) as u32;
-        let mut walk = HintWalk::new(min_order);
+        let skip_hinted = st.walked_all;
+        let mut walk = HintWalk::new(min_order, skip_hinted);
         // Asked between two holds of a zone lock: has the round been overtaken?
         let interrupted =
             || ev.stopping() || (ev.config_seq() != seq && read_cmd_id(ev) != Some(id));
@@ -390,19 +405,20 @@ impl HintPart {
             let limits = (st.buffer_pages, st.max_blocks);
             fill(&mut buf.blocks, &mut walk, limits, interrupted);
             if buf.blocks.is_empty() {
-                st.put(buf);
+                st.put(buf, false);
                 if !walk.is_done() {
                     end = RoundEnd::Interrupted;
                 }
                 break;
             }
             if !buf.seal() {
-                st.put(buf);
+                st.put(buf, false);
                 end = RoundEnd::Interrupted;
                 break;
             }
             let (pages, ranges) = (buf.blocks.pages(), buf.blocks.ranges().len() as u64);
             let tally = buf.tally.take();
+            buf.round = Some(id);
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();
@@ -418,7 +434,7 @@ impl HintPart {
                     counters::add(&c.hint_descs, 1);
                 }
                 Err((_, buf)) => {
-                    st.put(buf);
+                    st.put(buf, false);
                     end = RoundEnd::HostTrouble;
                 }
             }
@@ -431,6 +447,9 @@ impl HintPart {
             self.send_cmd(ev, st, CMD_ID_STOP, None);
         }
         st.rounds.finish();
+        if end == RoundEnd::Complete && walk.is_done() {
+            st.walked_all = true;
+        }
         let stats = walk.stats();
         let ns = elapsed_ns(start);
         counters::set(&c.hint_round_ns, ns);
@@ -438,6 +457,7 @@ impl HintPart {
         counters::add(&c.hint_lock_holds, stats.holds);
         counters::add(&c.hint_lock_ns_total, stats.total_hold_ns);
         counters::add(&c.hint_low_zones, stats.low_zones);
+        counters::add(&c.hint_skipped, stats.skipped);
         c.hint_lock_max_ns
             .fetch_max(stats.max_hold_ns, Ordering::Relaxed);
         if end != RoundEnd::Complete {
@@ -466,7 +486,16 @@ fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
     }
     st.isolated = st.isolated.saturating_sub(buf.blocks.pages());
     counters::set(&ev.counters().hint_isolated, st.isolated);
-    st.put(buf);
+    // The host applies hints while the round they were sent in runs, and uses no buffer while
+    // it has stopped hinting; a buffer it used after starting another round (it changes the
+    // command id first) was dropped unread. So the buffer was acted on if the id is still the
+    // round's, or the stop id. Either mistake only costs hints: a block wrongly marked is
+    // passed over later (and sent), one wrongly unmarked is hinted again.
+    let hinted = match (buf.round, read_cmd_id(ev)) {
+        (Some(round), Some(now)) => now == round || now == CMD_ID_STOP,
+        _ => false,
+    };
+    st.put(buf, hinted);
 }
 
 /// Fills `blocks` from `walk` until it holds `max_pages` (no more block of the largest order

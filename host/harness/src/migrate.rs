@@ -400,6 +400,8 @@ pub struct Case {
     pub host_errors: Option<u64>,
     /// Pages our driver hinted, and the time it waited for the host to use its buffers (ns).
     pub hint_pages: Option<u64>,
+    /// Blocks our driver's walks passed over as hinted already in this migration.
+    pub hint_skipped: Option<u64>,
     pub host_wait_ns: Option<u64>,
     /// Most pages our driver had isolated for hints at one moment.
     pub hint_isolated_max: Option<u64>,
@@ -473,6 +475,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             rs_counter(g, "hint_bound")?,
             rs_counter(g, "hint_pages")?,
             rs_counter(g, "host_wait_ns")?,
+            rs_counter(g, "hint_skipped")?,
         ));
     }
     Ok(Case {
@@ -487,6 +490,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
         hint_isolated_max: hint.map(|h| h.5),
         hint_bound: hint.map(|h| h.6),
         hint_pages: hint.map(|h| h.7),
+        hint_skipped: hint.map(|h| h.9),
         host_wait_ns: hint.map(|h| h.8),
         mem_total_kib: g.meminfo("MemTotal")?,
         churn_files,

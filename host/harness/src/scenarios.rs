@@ -868,7 +868,11 @@ fn migration(g: &mut Guest, d: Driver, v: Variant, hint: bool) -> Result<migrate
         c.min_free_kib >> 10,
         c.free_before_kib >> 10,
         c.hint_rounds
-            .map(|r| format!(", {r} hint rounds"))
+            .map(|r| format!(
+                ", {r} hint rounds, {} MiB hinted, {} blocks passed over",
+                (c.hint_pages.unwrap_or(0) << 12) / MIB,
+                c.hint_skipped.unwrap_or(0)
+            ))
             .unwrap_or_default()
     );
     eprintln!("[vbrs]   {summary}");

@@ -17,8 +17,8 @@
 //! What it cannot do: reach a deleted queue (a handle kept after removal finds its slot empty
 //! and every operation fails or returns nothing), give the device memory it does not own (bytes
 //! must lie inside the buffer's box or in an [`OutBuf`] it holds; scatter-gather entries come
-//! from [`DeviceWritable`], an unsafe trait), get back a buffer of another type (a slot's type is fixed when it is taken),
-//! or leak a queued buffer.
+//! from [`DeviceWritable`], an unsafe trait), get back a buffer of another type (a slot's type
+//! is fixed when it is taken), or leak a queued buffer.
 
 use core::{marker::PhantomData, mem::MaybeUninit, ptr::NonNull};
 use kernel::{
