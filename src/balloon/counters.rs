@@ -73,7 +73,7 @@ pub(crate) struct Counters {
     /// Most pages isolated for hints at one moment (at most `hint_bound`).
     pub(crate) hint_isolated_max: AtomicU64,
     /// Pages isolated for hints at one moment, at most: the buffers in flight times the pages
-    /// per buffer (a quarter of the guest's memory, 64 to 512 MiB). 0 without hinting.
+    /// per buffer (half of the guest's memory, 64 MiB to 1 GiB). 0 without hinting.
     pub(crate) hint_bound: AtomicU64,
     /// Buffers made after probe (to replace those a suspend took back).
     pub(crate) buffers_made: AtomicU64,

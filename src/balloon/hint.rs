@@ -9,8 +9,8 @@
 //! stop id. A block stays isolated, owned by its buffer, until the host has used the buffer, so
 //! the guest cannot write a page while the host acts on a hint that names it (on KVM such a
 //! write can be lost). At most [`HINT_BUFFERS`] buffers of at most [`buffer_pages`] pages are
-//! out at once: the guest's free memory never dips by more than a quarter of the guest's memory
-//! (64 MiB at least, 512 MiB at most), unlike the C driver, which allocates 4 MiB blocks until
+//! out at once: the guest's free memory never dips by more than half of the guest's memory
+//! (64 MiB at least, 1 GiB at most), unlike the C driver, which allocates 4 MiB blocks until
 //! none is left. A new id, the stop id, any other config change, device removal, suspend or an
 //! unresponsive host end a round early. With `VIRTIO_BALLOON_F_PAGE_RANGES` a buffer names its
 //! blocks in page records (one device-readable descriptor) instead of being the blocks
@@ -40,18 +40,18 @@ use kernel::{
 
 /// Buffers on the free page queue, at most (also bounded by the ring size).
 pub(crate) const HINT_BUFFERS: usize = 4;
-/// Pages one hint buffer names at most, whatever the guest's size: 16 MiB and 128 MiB.
+/// Pages one hint buffer names at most, whatever the guest's size: 16 MiB and 256 MiB.
 const BUFFER_PAGES_MIN: u64 = 4096;
-const BUFFER_PAGES_MAX: u64 = 32768;
+const BUFFER_PAGES_MAX: u64 = 65536;
 
 /// Pages one hint buffer names at most in a guest of `total` pages: with [`HINT_BUFFERS`]
-/// buffers, a quarter of the guest's memory is isolated at any moment, at most (64 MiB at
-/// least, 512 MiB at most). Fewer, smaller buffers make the round slower than the migration's
+/// buffers, half of the guest's memory is isolated at any moment, at most (64 MiB at least,
+/// 1 GiB at most). Fewer, smaller buffers make the round slower than the migration's
 /// first pass over memory: QEMU applies each hint under the lock its migration thread holds for
 /// up to 50 ms at a time, and long scatter-gather entries get more done per turn
 /// (docs/free-page-hinting.md).
 pub(crate) fn buffer_pages(total: u64) -> u64 {
-    (total / (4 * HINT_BUFFERS as u64)).clamp(BUFFER_PAGES_MIN, BUFFER_PAGES_MAX)
+    (total / (2 * HINT_BUFFERS as u64)).clamp(BUFFER_PAGES_MIN, BUFFER_PAGES_MAX)
 }
 
 /// Calls of the walk that find no block, in a row, after which a buffer is sent as it is (16
@@ -65,7 +65,7 @@ const HINT_HOST_TIMEOUT_MS: u32 = 5_000;
 const HINT_RECORD_BYTES: usize = 32768;
 /// Blocks a page-record hint buffer names at most: 128 times what a buffer of the standard
 /// protocol may hold (one ring descriptor each), so that a buffer of single pages names 64 MiB
-/// (as [`buffer_pages`] allows a 1 GiB guest), which counts when free memory is fragmented:
+/// (as [`buffer_pages`] allows a 512 MiB guest), which counts when free memory is fragmented:
 /// QEMU waits for its migration bitmap lock once per buffer (or per few buffers), up to 50 ms.
 /// Single pages every other frame take an eighth of a byte each as a bitmap, but single pages
 /// 32 or more frames apart take 4 bytes each, so only about 8000 of those fit: blocks whose

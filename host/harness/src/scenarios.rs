@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 /// Pages our driver isolates for hints at one moment, at most, in a guest of `total_kib`
-/// (`buffer_pages` in `src/balloon/hint.rs`): 4 buffers of a quarter of memory in all, each 16 to
-/// 128 MiB.
+/// (`buffer_pages` in `src/balloon/hint.rs`): 4 buffers of half of memory in all, each 16 to
+/// 256 MiB.
 fn hint_bound_pages(total_kib: u64) -> u64 {
-    4 * (total_kib / 4 / 16).clamp(4096, 32768)
+    4 * (total_kib / 4 / 8).clamp(4096, 65536)
 }
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -891,7 +891,7 @@ fn migration(g: &mut Guest, d: Driver, v: Variant, hint: bool) -> Result<migrate
         check(c.host_errors == Some(0), || {
             format!("the driver counted host errors: {summary}")
         })?;
-        // What the driver isolates at once is bounded: 4 buffers, a quarter of memory in all.
+        // What the driver isolates at once is bounded: 4 buffers, half of memory in all.
         let bound = hint_bound_pages(c.mem_total_kib);
         check(c.hint_bound == Some(bound), || {
             format!(
