@@ -86,8 +86,9 @@ pub(crate) struct HintBuf {
     records: Option<(OutBuf, usize)>,
     /// What the sealed records hold, counted once the buffer is queued.
     tally: Option<RecordTally>,
-    /// The round the blocks were sent in, once queued.
-    round: Option<u32>,
+    /// Once queued: the id of the round the blocks were sent in, and the config change count
+    /// when that id was read.
+    round: Option<(u32, u64)>,
 }
 
 impl Buffer for HintBuf {
@@ -163,9 +164,9 @@ struct HintState {
     max_blocks: usize,
     /// Command ids are little-endian (virtio 1.0), else in the guest's order (legacy).
     le: bool,
-    /// A walk that passed nothing over has visited every zone since the host last said it was
-    /// done with hints (or since probe or resume): the blocks mm marks as hinted were hinted
-    /// for this migration, and later rounds pass them over.
+    /// A round's walk has visited every zone since the host last said it was done with hints
+    /// (or since probe or resume), the first of them passing nothing over: the blocks mm marks
+    /// as hinted were hinted for this migration, and later rounds pass them over.
     walked_all: bool,
 }
 
@@ -270,6 +271,8 @@ impl HintPart {
                 return;
             }
             self.reclaim(ev, st);
+            // Counted before the id is read: a config change after it shows in the count.
+            let seq = ev.config_seq();
             let Some(raw) = read_cmd_id(ev) else {
                 return;
             };
@@ -290,7 +293,7 @@ impl HintPart {
                     counters::set(&ev.counters().hint_isolated, st.isolated);
                     return;
                 }
-                Action::Start(id) => self.round(ev, st, id),
+                Action::Start(id) => self.round(ev, st, id, seq),
             }
         }
     }
@@ -377,11 +380,11 @@ impl HintPart {
         }
     }
 
-    /// One round: the id, the free ranges, the stop id.
-    fn round(&self, ev: &Events, st: &mut HintState, id: u32) {
+    /// One round: the id, the free ranges, the stop id. `seq`: the config change count before
+    /// the id was read.
+    fn round(&self, ev: &Events, st: &mut HintState, id: u32, seq: u64) {
         let c = ev.counters();
         let start = Ktime::ktime_get();
-        let seq = ev.config_seq();
         counters::add(&c.hint_rounds, 1);
         let min_order = c
             .hint_min_order
@@ -418,7 +421,7 @@ impl HintPart {
             }
             let (pages, ranges) = (buf.blocks.pages(), buf.blocks.ranges().len() as u64);
             let tally = buf.tally.take();
-            buf.round = Some(id);
+            buf.round = Some((id, seq));
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();
@@ -486,13 +489,19 @@ fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
     }
     st.isolated = st.isolated.saturating_sub(buf.blocks.pages());
     counters::set(&ev.counters().hint_isolated, st.isolated);
-    // The host applies hints while the round they were sent in runs, and uses no buffer while
-    // it has stopped hinting; a buffer it used after starting another round (it changes the
-    // command id first) was dropped unread. So the buffer was acted on if the id is still the
-    // round's, or the stop id. Either mistake only costs hints: a block wrongly marked is
-    // passed over later (and sent), one wrongly unmarked is hinted again.
+    // The host applies hints only while the round they were sent in runs; once it stops the
+    // round itself (a config change: a new id, the stop id, done) it hands the buffers still
+    // queued back unread. So a buffer was acted on if no config change has arrived since the
+    // round's id was read and the id still reads as the round's, or as the stop id (QEMU shows
+    // 0 while it applies hints, and after the guest's own stop id). Counted after the read: a
+    // stop that lands in between shows. Either mistake only costs hints: a block wrongly
+    // marked is passed over later (and sent as if in use), one wrongly unmarked is hinted
+    // again. One remains possible: QEMU hands back a dropped buffer before it raises the
+    // config interrupt of the stop that dropped it.
     let hinted = match (buf.round, read_cmd_id(ev)) {
-        (Some(round), Some(now)) => now == round || now == CMD_ID_STOP,
+        (Some((round, seq)), Some(now)) => {
+            (now == round || now == CMD_ID_STOP) && ev.config_seq() == seq
+        }
         _ => false,
     };
     st.put(buf, hinted);
