@@ -76,6 +76,15 @@ const HINT_RECORD_BYTES: usize = 32768;
 const RECORD_BLOCKS: usize = 128 * MAX_BLOCKS;
 const _: () = assert!(max_bytes(MAX_BLOCKS) <= HINT_RECORD_BYTES);
 
+/// The round a hint buffer was sent in.
+#[derive(Clone, Copy)]
+struct SentIn {
+    /// The round's command id.
+    id: u32,
+    /// The config change count before that id was read.
+    seq: u64,
+}
+
 /// A buffer of the free page queue: a command id (out), or free blocks, which it owns, given as
 /// themselves (in) or named by page records (out).
 pub(crate) struct HintBuf {
@@ -86,9 +95,8 @@ pub(crate) struct HintBuf {
     records: Option<(OutBuf, usize)>,
     /// What the sealed records hold, counted once the buffer is queued.
     tally: Option<RecordTally>,
-    /// Once queued: the id of the round the blocks were sent in, and the config change count
-    /// when that id was read.
-    round: Option<(u32, u64)>,
+    /// Once queued: the round the blocks were sent in.
+    round: Option<SentIn>,
 }
 
 impl Buffer for HintBuf {
@@ -276,6 +284,12 @@ impl HintPart {
             let Some(raw) = read_cmd_id(ev) else {
                 return;
             };
+            if ev.config_seq() != seq {
+                // The interrupt of a change this read may have seen was counted only now: read
+                // again, so that the round starts with a count that matches its id (a stale
+                // one would end it at the first check, and mark nothing).
+                continue;
+            }
             match st.rounds.on_command(raw) {
                 Action::Nothing | Action::End | Action::Done => {
                     if raw == crate::proto::hint::CMD_ID_DONE {
@@ -421,7 +435,7 @@ impl HintPart {
             }
             let (pages, ranges) = (buf.blocks.pages(), buf.blocks.ranges().len() as u64);
             let tally = buf.tally.take();
-            buf.round = Some((id, seq));
+            buf.round = Some(SentIn { id, seq });
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();
@@ -476,7 +490,8 @@ fn read_cmd_id(ev: &Events) -> Option<u32> {
         .flatten()
 }
 
-/// A hint buffer came back from the host: its blocks go back to the allocator.
+/// A hint buffer came back from the host: its blocks go back to the allocator, marked as hinted
+/// if the host acted on them (as far as the guest can tell).
 fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
     // Hints are never written, and QEMU reports 1 byte for every element, so anything above 1
     // is a host error.
@@ -498,9 +513,11 @@ fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
     // marked is passed over later (and sent as if in use), one wrongly unmarked is hinted
     // again. One remains possible: QEMU hands back a dropped buffer before it raises the
     // config interrupt of the stop that dropped it.
-    let hinted = match (buf.round, read_cmd_id(ev)) {
-        (Some((round, seq)), Some(now)) => {
-            (now == round || now == CMD_ID_STOP) && ev.config_seq() == seq
+    // (QEMU never shows the round's id again once it applies hints; other hosts may.)
+    let hinted = match buf.round {
+        Some(r) if ev.config_seq() == r.seq => {
+            let now = read_cmd_id(ev);
+            (now == Some(r.id) || now == Some(CMD_ID_STOP)) && ev.config_seq() == r.seq
         }
         _ => false,
     };
