@@ -39,7 +39,7 @@ test: modules qemu harness
 
 ## Both drivers side by side (and ours with page records on our QEMU), kernel without debug options.
 bench: bench-build qemu harness
-	@$(VBRS) bench $(if $(GUEST_GIB),--guest-gib $(GUEST_GIB)) $(if $(ONLY),--only $(ONLY)) $(if $(REPS),--reps $(REPS)) $(foreach c,$(CASES),--case $(c)) $(if $(BW_MIB),--max-bandwidth-mib $(BW_MIB))
+	@$(VBRS) bench $(if $(GUEST_GIB),--guest-gib $(GUEST_GIB)) $(if $(ONLY),--only $(ONLY)) $(if $(REPS),--reps $(REPS)) $(foreach c,$(CASES),--case $(c)) $(if $(BW_MIB),--max-bandwidth-mib $(BW_MIB)) $(if $(MIGRATION_GIB),--migration-gib $(MIGRATION_GIB))
 
 ## Boot a guest and type commands into it (DRIVER=rs|c).
 shell: modules harness

@@ -25,9 +25,10 @@ commands:
   test [--driver rs|c|both] [--filter TEXT] [--list] [--no-unit]
                             run the unit tests and every scenario, ending with 'N passed, N failed'
   bench [--guest-gib N] [--only inflate|migration] [--reps N] [--case idle|after-workload|churn|fragmented]
-        [--max-bandwidth-mib N]
-                            inflate all but 1 GiB of an 8 GiB guest and back, both drivers;
-                            migrate 2 and 8 GiB guests (or N) with no hinting, the C driver's
+        [--max-bandwidth-mib N] [--migration-gib N]
+                            inflate all but 1 GiB of an 8 GiB guest (or N) and back, both drivers;
+                            migrate 2 and 8 GiB guests (or N, or the --migration-gib N) with no
+                            hinting, the C driver's
                             hinting and ours, N runs each (default 3), every case (or the ones
                             named; --case repeats); the smallest guest after the workload also
                             with downtime limits of 100 and 50 ms
@@ -65,6 +66,8 @@ pub struct Opts {
     pub list: bool,
     pub no_unit: bool,
     pub guest_gib: Option<u64>,
+    /// The one guest size the bench migrates, whatever size it inflates.
+    pub migration_gib: Option<u64>,
     pub only: Option<String>,
     pub reps: Option<u32>,
     pub cases: Vec<migrate::Variant>,
@@ -117,6 +120,14 @@ impl Opts {
                     o.guest_gib = Some(
                         it.next()
                             .and_then(|v| v.parse().ok())
+                            .unwrap_or_else(|| usage()),
+                    )
+                }
+                "--migration-gib" => {
+                    o.migration_gib = Some(
+                        it.next()
+                            .and_then(|v| v.parse().ok())
+                            .filter(|&v: &u64| v >= 1)
                             .unwrap_or_else(|| usage()),
                     )
                 }

@@ -317,7 +317,7 @@ pub fn bench(opts: &Opts) -> Result<bool> {
         true
     };
     let migration = if opts.only.as_deref() != Some("inflate") {
-        let sizes = match opts.guest_gib {
+        let sizes = match opts.migration_gib.or(opts.guest_gib) {
             Some(g) => vec![g],
             None => vec![2, 8],
         };
