@@ -16,6 +16,9 @@ pub struct Params {
     pub downtime_limit_ms: u64,
     /// A balloon target (guest size in bytes) the host sets right after starting the migration.
     pub balloon_during: Option<u64>,
+    /// Dirty bitmap syncs after which the migration counts as not converging: it fails then
+    /// (the harness cancels it) rather than running on.
+    pub max_syncs: Option<u64>,
 }
 
 impl Default for Params {
@@ -25,6 +28,7 @@ impl Default for Params {
             max_bandwidth: 100 << 30,
             downtime_limit_ms: 300,
             balloon_during: None,
+            max_syncs: None,
         }
     }
 }
@@ -109,6 +113,7 @@ pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, S
     if let Some(bytes) = p.balloon_during {
         src.balloon(bytes)?;
     }
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let info = poll_until(
         Duration::from_secs(600),
         Duration::from_millis(20),
@@ -123,11 +128,17 @@ pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, S
                     info["error-desc"].as_str().unwrap_or("no reason given")
                 )),
                 _ if !dst.alive() => Err("destination QEMU exited during migration".into()),
-                _ => Ok(None),
+                _ => match p.max_syncs {
+                    Some(max) if n(&info["ram"]["dirty-sync-count"]) > max => Err(format!(
+                        "the migration did not converge: {} dirty bitmap syncs, {} MiB sent",
+                        n(&info["ram"]["dirty-sync-count"]),
+                        n(&info["ram"]["transferred"]) >> 20
+                    )),
+                    _ => Ok(None),
+                },
             }
         },
     )?;
-    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let stats = Stats {
         total_ms: n(&info["total-time"]),
         downtime_ms: n(&info["downtime"]),
