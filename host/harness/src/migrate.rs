@@ -16,8 +16,8 @@ pub struct Params {
     pub downtime_limit_ms: u64,
     /// A balloon target (guest size in bytes) the host sets right after starting the migration.
     pub balloon_during: Option<u64>,
-    /// Dirty bitmap syncs after which the migration counts as not converging: it fails then
-    /// (the harness cancels it) rather than running on.
+    /// Dirty bitmap syncs after which the migration counts as not converging: the harness stops
+    /// waiting and fails (dropping the guests quits both QEMUs) rather than letting it run on.
     pub max_syncs: Option<u64>,
 }
 
