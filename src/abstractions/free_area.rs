@@ -211,9 +211,10 @@ impl HintBlocks {
         self.nranges = 0;
     }
 
-    /// Keeps the blocks of the first `keep` ranges (of [`HintBlocks::ranges`]) and gives the
-    /// others back to the allocator (a buffer that could not name them all). May sleep.
-    pub(crate) fn keep_ranges(&mut self, keep: usize) {
+    /// Keeps the blocks of the first `keep` ranges (of [`HintBlocks::ranges`]) and moves the
+    /// others into `rest`, as many as it has room for; those it has no room for go back to the
+    /// allocator. Returns the pages given back. May sleep.
+    pub(crate) fn keep_ranges(&mut self, keep: usize, rest: &mut HintBlocks) -> u64 {
         if self.nranges == 0 {
             self.merge();
         }
@@ -221,9 +222,9 @@ impl HintBlocks {
             .get(keep)
             .map(|r| r.pfn)
         else {
-            return;
+            return 0;
         };
-        // Blocks at or above `cut` move to the end, then go back.
+        // Blocks at or above `cut` move to the end, then to `rest` or back.
         let blocks = &mut self.blocks.as_mut_slice()[..self.len];
         let mut kept = 0;
         let mut pages = 0;
@@ -236,17 +237,51 @@ impl HintBlocks {
                 kept += 1;
             }
         }
-        let back = &mut blocks[kept..];
+        let n = (rest.blocks.len() - rest.len).min(blocks.len() - kept);
+        let (moved, back) = blocks[kept..].split_at_mut(n);
+        for b in moved.iter() {
+            rest.blocks.as_mut_slice()[rest.len] = *b;
+            // INVARIANT: `rest` owns the block from now on; its ranges are rebuilt before use.
+            rest.len += 1;
+            rest.pages += 1u64 << b.order;
+        }
+        rest.nranges = 0;
+        let mut given_back = 0;
+        for b in back.iter() {
+            given_back += 1u64 << b.order;
+        }
         if !back.is_empty() {
             // SAFETY: `back` are isolated blocks we own (type invariant); afterwards we forget
             // them.
             unsafe { bindings::page_hinting_putback(back.as_mut_ptr(), back.len() as u32, false) };
         }
-        // INVARIANT: the blocks below `cut` are kept, the others were put back; the first `keep`
-        // ranges describe exactly the kept ones.
+        // INVARIANT: the blocks below `cut` are kept, the others moved to `rest` or were put
+        // back; the first `keep` ranges describe exactly the kept ones.
         self.len = kept;
         self.pages = pages;
         self.nranges = keep;
+        given_back
+    }
+
+    /// Moves blocks from `from` into `self`, as many as `self` has room for (up to
+    /// `max_blocks`), from the end of `from`.
+    pub(crate) fn take_from(&mut self, from: &mut HintBlocks, max_blocks: usize) {
+        let room = max_blocks.min(self.blocks.len()).saturating_sub(self.len);
+        let n = room.min(from.len);
+        for _ in 0..n {
+            from.len -= 1;
+            let b = from.blocks.as_slice()[from.len];
+            from.pages -= 1u64 << b.order;
+            self.blocks.as_mut_slice()[self.len] = b;
+            // INVARIANT: the block moves from `from` to `self`, which owns it from now on; the
+            // ranges of both are rebuilt before use.
+            self.len += 1;
+            self.pages += 1u64 << b.order;
+        }
+        if n > 0 {
+            self.nranges = 0;
+            from.nranges = 0;
+        }
     }
 
     /// The blocks held as ranges, adjacent ones merged, in ascending order.

@@ -68,6 +68,9 @@ pub(crate) struct Counters {
     /// Blocks a walk passed over: hinted in an earlier round of the same migration and free
     /// since.
     pub(crate) hint_skipped: AtomicU64,
+    /// Pages isolated for a page-record hint buffer that went back to the allocator unsent:
+    /// their records fitted neither that buffer nor the next ones of the round.
+    pub(crate) hint_unsent: AtomicU64,
     /// Pages isolated for hints now (in buffers the host has not used yet).
     pub(crate) hint_isolated: AtomicU64,
     /// Most pages isolated for hints at one moment (at most `hint_bound`).
@@ -184,6 +187,7 @@ impl Counters {
         (c_str!("hint_lock_ns_total"), |c| &c.hint_lock_ns_total),
         (c_str!("hint_low_zones"), |c| &c.hint_low_zones),
         (c_str!("hint_skipped"), |c| &c.hint_skipped),
+        (c_str!("hint_unsent"), |c| &c.hint_unsent),
         (c_str!("hint_isolated"), |c| &c.hint_isolated),
         (c_str!("hint_isolated_max"), |c| &c.hint_isolated_max),
         (c_str!("hint_bound"), |c| &c.hint_bound),

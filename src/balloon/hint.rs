@@ -29,7 +29,7 @@ use crate::proto::{
     hint::{Action, Rounds, CMD_ID_STOP},
     records::{encode, max_bytes},
 };
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
     new_mutex,
@@ -69,10 +69,10 @@ const HINT_RECORD_BYTES: usize = 32768;
 /// QEMU waits for its migration bitmap lock once per buffer (or per few buffers), up to 50 ms.
 /// Single pages every other frame take an eighth of a byte each as a bitmap, but single pages
 /// 32 or more frames apart take 4 bytes each, so only about 8000 of those fit: blocks whose
-/// records do not fit in [`HINT_RECORD_BYTES`] go back to the allocator unsent, and are not
-/// hinted again in this round ([`MAX_BLOCKS`] blocks, one isolation's worth, always fit). The
-/// holder's arrays take 32 bytes a block (512 KiB; [`HINT_BUFFERS`] buffers: 2 MiB)
-/// (docs/free-page-hinting.md).
+/// records do not fit in [`HINT_RECORD_BYTES`] wait, still isolated, for the next buffer
+/// ([`HintState::carry`]; [`MAX_BLOCKS`] blocks, one isolation's worth, always fit). The
+/// holder's arrays take 32 bytes a block (512 KiB; [`HINT_BUFFERS`] buffers and the carry:
+/// 2.5 MiB) (docs/free-page-hinting.md).
 const RECORD_BLOCKS: usize = 128 * MAX_BLOCKS;
 const _: () = assert!(max_bytes(MAX_BLOCKS) <= HINT_RECORD_BYTES);
 
@@ -141,8 +141,9 @@ impl HintBuf {
     }
 
     /// Encodes the blocks held into the page records, if the buffer has them; blocks whose
-    /// records do not fit go back to the allocator. False if none fit.
-    fn seal(&mut self) -> bool {
+    /// records do not fit move to `carry`, or go back to the allocator if it is full (their
+    /// pages are counted in `unsent`). False if none fit.
+    fn seal(&mut self, carry: &mut HintBlocks, unsent: &AtomicU64) -> bool {
         let Some((out, len)) = &mut self.records else {
             return true;
         };
@@ -150,7 +151,7 @@ impl HintBuf {
         if enc.ranges == 0 {
             return false;
         }
-        self.blocks.keep_ranges(enc.ranges);
+        counters::add(unsent, self.blocks.keep_ranges(enc.ranges, carry));
         *len = enc.bytes;
         let pages = self.blocks.pages();
         self.tally = Some(RecordTally::new(&enc, self.blocks.ranges(), pages));
@@ -166,6 +167,12 @@ struct HintState {
     rounds: Rounds,
     /// Pages isolated in buffers on the queue.
     isolated: u64,
+    /// Blocks a page-record buffer had no room for in its records, isolated, for the next
+    /// buffer of the round (which takes them before it takes blocks from the walk); given back
+    /// when the round ends. They came out of a buffer of at most [`buffer_pages`] pages, of
+    /// which the part sent is on the queue, so the buffers and the carry together still hold
+    /// at most [`HintState::bound_pages`]. Empty with the standard protocol.
+    carry: HintBlocks,
     /// Pages one buffer names at most ([`buffer_pages`]).
     buffer_pages: u64,
     /// Blocks one buffer holds at most: each takes a ring descriptor (no indirect descriptors).
@@ -229,12 +236,14 @@ impl HintPart {
             (n, MAX_BLOCKS.min(ring / n).max(1), HintBuf::new_boxed)
         };
         let pool = Pool::new(n, make)?;
+        let carry = HintBlocks::new(if records { RECORD_BLOCKS } else { 0 }, false)?;
         Ok(pin_init!(Self {
             state <- new_mutex!(HintState {
                 vq,
                 pool,
                 rounds: Rounds::new(),
                 isolated: 0,
+                carry,
                 buffer_pages: buffer_pages(total_pages),
                 max_blocks,
                 le,
@@ -410,7 +419,8 @@ impl HintPart {
         let interrupted =
             || ev.stopping() || (ev.config_seq() != seq && read_cmd_id(ev) != Some(id));
         let mut end = self.send_cmd(ev, st, id, Some(id));
-        while end == RoundEnd::Complete && !walk.is_done() {
+        // Blocks carried over from a full record buffer are sent even once the walk is over.
+        while end == RoundEnd::Complete && (!walk.is_done() || !st.carry.is_empty()) {
             let mut buf = match self.buffer(ev, st, Some(id)) {
                 Ok(buf) => buf,
                 Err(e) => {
@@ -420,6 +430,7 @@ impl HintPart {
             };
             buf.is_cmd = false;
             let limits = (st.buffer_pages, st.max_blocks);
+            buf.blocks.take_from(&mut st.carry, st.max_blocks);
             fill(&mut buf.blocks, &mut walk, limits, interrupted);
             if buf.blocks.is_empty() {
                 st.put(buf, false);
@@ -428,7 +439,7 @@ impl HintPart {
                 }
                 break;
             }
-            if !buf.seal() {
+            if !buf.seal(&mut st.carry, &c.hint_unsent) {
                 st.put(buf, false);
                 end = RoundEnd::Interrupted;
                 break;
@@ -459,6 +470,9 @@ impl HintPart {
                 end = RoundEnd::Interrupted;
             }
         }
+        // Blocks still waiting for a buffer go back unsent.
+        counters::add(&c.hint_unsent, st.carry.pages());
+        st.carry.release(false);
         // Close the round whichever way it ended (a host that moved on ignores it).
         if !ev.stopping() {
             self.send_cmd(ev, st, CMD_ID_STOP, None);

@@ -87,8 +87,17 @@ fn one(gib: u64, v: Variant, limit_ms: u64, s: Setup, rep: u32, bw: u64) -> (Row
         clean = g.check_dmesg().is_ok();
         Ok(c)
     })();
-    if let Err(e) = &result {
-        eprintln!("[vbrs]   failed: {e}");
+    match &result {
+        Err(e) => eprintln!("[vbrs]   failed: {e}"),
+        Ok(c) => eprintln!(
+            "[vbrs]   {} MiB sent; passes (sync:ms:MiB:normal pages): {}; vmstat: {}; debugfs: {}; \
+             buddyinfo before: {}",
+            c.stats.transferred / MIB,
+            passes(&c.stats.passes),
+            vmstat(&c.vmstat),
+            vmstat(&c.rs_counters),
+            c.buddyinfo.split_whitespace().collect::<Vec<_>>().join(" ")
+        ),
     }
     (
         Row {
@@ -233,7 +242,8 @@ fn csv(rows: &[Row]) -> String {
         "guest_gib,case,downtime_limit_ms,configuration,driver,free_page_hint,run,accel,ok,\
          total_ms,downtime_ms,setup_ms,transferred_bytes,normal_pages,duplicate_pages,\
          dirty_syncs,hint_rounds,hint_ns,hint_lock_max_ns,hint_lock_mean_ns,free_before_kib,\
-         min_free_kib,churn_files,hint_pages,host_wait_ns\n",
+         min_free_kib,churn_files,hint_pages,host_wait_ns,hint_skipped,hint_unsent,record_bytes,\
+         passes,vmstat\n",
     );
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     for r in rows {
@@ -252,7 +262,7 @@ fn csv(rows: &[Row]) -> String {
             Ok(c) => {
                 let st = &c.stats;
                 s += &format!(
-                    "{head},true,{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{head},true,{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\",\"{}\"\n",
                     st.total_ms,
                     st.downtime_ms,
                     st.setup_ms,
@@ -268,13 +278,42 @@ fn csv(rows: &[Row]) -> String {
                     c.min_free_kib,
                     c.churn_files,
                     opt(c.hint_pages),
-                    opt(c.host_wait_ns)
+                    opt(c.host_wait_ns),
+                    opt(c.hint_skipped),
+                    opt(c.hint_unsent),
+                    opt(c.record_bytes),
+                    passes(&st.passes),
+                    vmstat(&c.vmstat)
                 );
             }
-            Err(_) => s += &format!("{head},false,,,,,,,,,,,,,,,,\n"),
+            Err(_) => s += &format!("{head},false,,,,,,,,,,,,,,,,,,,,,\n"),
         }
     }
     s
+}
+
+/// The passes of a migration, `sync:ms:MiB sent:normal pages` each, separated by spaces.
+fn passes(p: &[crate::migrate::Pass]) -> String {
+    p.iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}:{}",
+                p.sync,
+                p.ms,
+                p.transferred / MIB,
+                p.normal_pages
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The vmstat counters that moved, `name=delta` each, separated by spaces.
+fn vmstat(v: &[(String, u64)]) -> String {
+    v.iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The table's medians as two grouped bar charts: MiB sent and total time, one group per guest

@@ -43,6 +43,18 @@ pub struct Stats {
     pub normal_pages: u64,
     pub duplicate_pages: u64,
     pub dirty_syncs: u64,
+    /// Where the migration stood whenever QEMU's dirty-sync count moved on, as the harness
+    /// saw it (polling every 20 ms): the count, ms since the start, bytes and normal pages sent.
+    pub passes: Vec<Pass>,
+}
+
+/// The migration's progress when the harness first saw a dirty-sync count.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pass {
+    pub sync: u64,
+    pub ms: u64,
+    pub transferred: u64,
+    pub normal_pages: u64,
 }
 
 /// `query-migrate`, answered as raw JSON: QEMU 7.2 leaves out fields newer schemas require.
@@ -114,12 +126,23 @@ pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, S
         src.balloon(bytes)?;
     }
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let t0 = std::time::Instant::now();
+    let mut passes: Vec<Pass> = Vec::new();
     let info = poll_until(
         Duration::from_secs(600),
         Duration::from_millis(20),
         || "migration still running".into(),
         || {
             let info = src.qmp(&QueryMigrate)?;
+            let sync = n(&info["ram"]["dirty-sync-count"]);
+            if sync > passes.last().map_or(0, |p| p.sync) {
+                passes.push(Pass {
+                    sync,
+                    ms: t0.elapsed().as_millis() as u64,
+                    transferred: n(&info["ram"]["transferred"]),
+                    normal_pages: n(&info["ram"]["normal"]),
+                });
+            }
             match info["status"].as_str().unwrap_or("") {
                 "completed" => Ok(Some(info)),
                 "failed" | "cancelled" => Err(format!(
@@ -147,6 +170,7 @@ pub fn migrate(src: &mut Guest, dst_cfg: &Config, p: Params) -> Result<(Guest, S
         normal_pages: n(&info["ram"]["normal"]),
         duplicate_pages: n(&info["ram"]["duplicate"]),
         dirty_syncs: n(&info["ram"]["dirty-sync-count"]),
+        passes,
     };
     dst.wait_agent(Duration::from_secs(120))
         .map_err(|e| format!("after migration: {e}"))?;
@@ -413,6 +437,10 @@ pub struct Case {
     pub hint_pages: Option<u64>,
     /// Blocks our driver's walks passed over as hinted already in this migration.
     pub hint_skipped: Option<u64>,
+    /// Pages our driver isolated for page records and gave back unsent (no room in the round's
+    /// buffers), and the bytes of page records it sent on the free page queue and elsewhere.
+    pub hint_unsent: Option<u64>,
+    pub record_bytes: Option<u64>,
     pub host_wait_ns: Option<u64>,
     /// Most pages our driver had isolated for hints at one moment.
     pub hint_isolated_max: Option<u64>,
@@ -422,6 +450,45 @@ pub struct Case {
     pub mem_total_kib: u64,
     /// Files the churn process completed.
     pub churn_files: u64,
+    /// What the guest's memory management did during the migration: the `/proc/vmstat` counters
+    /// of [`VMSTAT_KEYS`] that moved, with how much (compaction and reclaim write pages the
+    /// migration then sends again).
+    pub vmstat: Vec<(String, u64)>,
+    /// Our driver's debugfs counters after the migration, those that are not 0.
+    pub rs_counters: Vec<(String, u64)>,
+    /// Free blocks by order just before the migration (`/proc/buddyinfo`, one zone a line).
+    pub buddyinfo: String,
+}
+
+/// `/proc/vmstat` counters of compaction, page migration and reclaim.
+pub const VMSTAT_KEYS: &[&str] = &[
+    "pgmigrate_success",
+    "compact_stall",
+    "compact_daemon_wake",
+    "compact_migrate_scanned",
+    "compact_isolated",
+    "kswapd_low_wmark_hit_quickly",
+    "kswapd_high_wmark_hit_quickly",
+    "pgscan_kswapd",
+    "pgsteal_kswapd",
+    "allocstall_dma32",
+    "allocstall_normal",
+    "drop_pagecache",
+];
+
+/// The counters of [`VMSTAT_KEYS`], as the guest reports them now.
+fn vmstat(g: &mut Guest) -> Result<Vec<(String, u64)>> {
+    let out = g.sh("cat /proc/vmstat")?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            VMSTAT_KEYS
+                .contains(&k)
+                .then(|| Some((k.to_string(), v.trim().parse().ok()?)))
+                .flatten()
+        })
+        .collect())
 }
 
 fn rs_counter(g: &mut Guest, file: &str) -> Result<u64> {
@@ -450,12 +517,22 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
     }
     let free_before_kib = g.meminfo("MemFree")?;
     start_free_sampler(g)?;
+    let vm_before = vmstat(g)?;
+    let buddyinfo = g.sh("cat /proc/buddyinfo")?;
     let mut dst_cfg = g.cfg.clone();
     dst_cfg.name = format!("{}-dst", g.cfg.name);
     let (dst, stats) = migrate(g, &dst_cfg, p)?;
     // The source is paused; dropping it quits it.
     drop(std::mem::replace(g, dst));
     let min_free_kib = stop_free_sampler(g)?;
+    // The counters live in guest memory: the destination's go on from the source's.
+    let vm_moved = vmstat(g)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let before = vm_before.iter().find(|(b, _)| *b == k).map_or(0, |b| b.1);
+            (v > before).then(|| (k, v - before))
+        })
+        .collect();
     verify_live_data(g)?;
     let churn_files = match v {
         Variant::Churn => stop_and_verify_churn(g)?,
@@ -466,6 +543,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
     g.sh("dd if=/dev/urandom of=/tmp/after bs=1048576 count=32 2>/dev/null && sha256sum /tmp/after > /dev/null && rm /tmp/after")?;
     let rs = d == crate::guest::Driver::Rs && g.cfg.free_page_hint;
     let mut hint = None;
+    let mut rs_counters = Vec::new();
     if rs {
         // The round the migration interrupted ends on the destination (without waiting for the
         // host's timeout, or host_errors counts it).
@@ -475,6 +553,14 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             || "a hinting round is still running after migration".into(),
             || Ok((rs_counter(g, "hint_ended")? >= rs_counter(g, "hint_rounds")?).then_some(())),
         )?;
+        rs_counters = g
+            .sh("cd /sys/kernel/debug/virtio_balloon_rs/virtio* && grep -v '^0$' * || true")?
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect();
         let holds = rs_counter(g, "hint_lock_holds")?;
         hint = Some((
             rs_counter(g, "hint_rounds")?,
@@ -487,6 +573,9 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             rs_counter(g, "hint_pages")?,
             rs_counter(g, "host_wait_ns")?,
             rs_counter(g, "hint_skipped")?,
+            // Absent from modules older than the counter.
+            rs_counter(g, "hint_unsent").unwrap_or(0),
+            rs_counter(g, "record_bytes")?,
         ));
     }
     Ok(Case {
@@ -502,8 +591,13 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
         hint_bound: hint.map(|h| h.6),
         hint_pages: hint.map(|h| h.7),
         hint_skipped: hint.map(|h| h.9),
+        hint_unsent: hint.map(|h| h.10),
+        record_bytes: hint.map(|h| h.11),
         host_wait_ns: hint.map(|h| h.8),
         mem_total_kib: g.meminfo("MemTotal")?,
         churn_files,
+        vmstat: vm_moved,
+        rs_counters,
+        buddyinfo,
     })
 }

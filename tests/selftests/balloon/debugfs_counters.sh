@@ -17,7 +17,7 @@ missing=
 for f in pages target inflated deflated inflate_descs deflate_descs kicks alloc_ns host_wait_ns \
 	blocks alloc_failures floor_stops config_changes host_errors hint_rounds hint_ended hint_aborts \
 	hint_done hint_descs hint_ranges hint_pages hint_round_ns hint_round_ns_total \
-	hint_lock_max_ns hint_lock_holds hint_lock_ns_total hint_low_zones hint_skipped \
+	hint_lock_max_ns hint_lock_holds hint_lock_ns_total hint_low_zones hint_skipped hint_unsent \
 	hint_isolated hint_isolated_max hint_bound buffers_made stats_requests stats_sent freezes restores \
 	page_ranges ranges_min_order block_order record_buffers record_bytes record_pages record_runs \
 	record_bitmaps record_lists range_len_1 range_len_2_7 range_len_8_63 range_len_64_511 \
