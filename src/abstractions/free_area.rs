@@ -67,10 +67,13 @@ unsafe impl Send for HintWalk {}
 impl HintWalk {
     /// Starts a walk that hints free blocks of order `min_order` and above. With `skip_hinted`
     /// it passes over the blocks a walk has hinted since they were last freed (mm marks them
-    /// when they are put back, and clears the mark when they leave the free lists).
+    /// when they are put back, and clears the mark when they leave the free lists). mm first
+    /// drains the per-CPU free lists, so that the free pages they hold are on the lists the walk
+    /// visits. May sleep.
     pub(crate) fn new(min_order: u32, skip_hinted: bool) -> Self {
         let mut raw = MaybeUninit::<bindings::page_hinting_walk>::zeroed();
-        // SAFETY: `raw` is valid for writes; `page_hinting_walk_init` initialises every field.
+        // SAFETY: `raw` is valid for writes; `page_hinting_walk_init` initialises every field. We
+        // are in process context without spinlocks (the callers are work items), as it may sleep.
         unsafe { bindings::page_hinting_walk_init(raw.as_mut_ptr(), min_order, skip_hinted) };
         // SAFETY: Initialised just above (and all-zero is a valid value anyway).
         let raw = unsafe { raw.assume_init() };
