@@ -247,16 +247,18 @@ pub fn start_churn(g: &mut Guest, mib: u64) -> Result<()> {
 }
 
 /// Starts the `fragment` helper on `mib` MiB and waits until it has freed every other page.
-pub fn start_fragment(g: &mut Guest, mib: u64) -> Result<()> {
+/// Returns the pages the helper freed.
+pub fn start_fragment(g: &mut Guest, mib: u64) -> Result<u64> {
     let out = g.sh(&format!(
         "setsid /bin/fragment {mib} </dev/null >/tmp/fragment.out 2>&1 &\n\
          i=0; while ! grep -q fragmented /tmp/fragment.out && [ $i -lt 3000 ]; do \
          sleep 0.1; i=$((i+1)); done; cat /tmp/fragment.out"
     ))?;
-    if !out.contains("fragmented") {
-        return Err(format!("the fragment helper did not finish: {out}"));
-    }
-    Ok(())
+    out.split_whitespace()
+        .skip_while(|w| *w != "fragmented")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("the fragment helper did not finish: {out}"))
 }
 
 /// Has the `fragment` helper check the pages it kept (after a migration: the data arrived);
@@ -458,6 +460,8 @@ pub struct Case {
     pub rs_counters: Vec<(String, u64)>,
     /// Free blocks by order just before the migration (`/proc/buddyinfo`, one zone a line).
     pub buddyinfo: String,
+    /// Single pages the fragmented case's process freed.
+    pub fragment_freed: u64,
 }
 
 /// `/proc/vmstat` counters of compaction, page migration and reclaim.
@@ -502,6 +506,7 @@ fn rs_counter(g: &mut Guest, file: &str) -> Result<u64> {
 /// intact and that the guest keeps running.
 pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -> Result<Case> {
     write_live_data(g, LIVE_MIB)?;
+    let mut fragment_freed = 0;
     match v {
         Variant::Idle => {}
         Variant::AfterWorkload => {
@@ -512,7 +517,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
         Variant::Churn => start_churn(g, CHURN_MIB)?,
         Variant::Fragmented => {
             let avail_mib = g.meminfo("MemAvailable")? >> 10;
-            start_fragment(g, FRAGMENT_MIB.min(avail_mib.saturating_sub(96)))?;
+            fragment_freed = start_fragment(g, FRAGMENT_MIB.min(avail_mib.saturating_sub(96)))?;
         }
     }
     let free_before_kib = g.meminfo("MemFree")?;
@@ -599,5 +604,6 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
         vmstat: vm_moved,
         rs_counters,
         buddyinfo,
+        fragment_freed,
     })
 }
