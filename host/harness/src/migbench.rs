@@ -94,8 +94,8 @@ fn one(gib: u64, v: Variant, limit_ms: u64, s: Setup, rep: u32, bw: u64) -> (Row
              buddyinfo before: {}",
             c.stats.transferred / MIB,
             passes(&c.stats.passes),
-            vmstat(&c.vmstat),
-            vmstat(&c.rs_counters),
+            pairs(&c.vmstat),
+            pairs(&c.rs_counters),
             c.buddyinfo.split_whitespace().collect::<Vec<_>>().join(" ")
         ),
     }
@@ -283,7 +283,7 @@ fn csv(rows: &[Row]) -> String {
                     opt(c.hint_unsent),
                     opt(c.record_bytes),
                     passes(&st.passes),
-                    vmstat(&c.vmstat)
+                    pairs(&c.vmstat)
                 );
             }
             Err(_) => s += &format!("{head},false,,,,,,,,,,,,,,,,,,,,,\n"),
@@ -308,8 +308,8 @@ fn passes(p: &[crate::migrate::Pass]) -> String {
         .join(" ")
 }
 
-/// The vmstat counters that moved, `name=delta` each, separated by spaces.
-fn vmstat(v: &[(String, u64)]) -> String {
+/// Named counters (vmstat deltas, debugfs values), `name=value` each, separated by spaces.
+fn pairs(v: &[(String, u64)]) -> String {
     v.iter()
         .map(|(k, n)| format!("{k}={n}"))
         .collect::<Vec<_>>()
