@@ -495,6 +495,11 @@ fn vmstat(g: &mut Guest) -> Result<Vec<(String, u64)>> {
         .collect())
 }
 
+/// A counter of a dump that leaves out those at 0 ([`Case::rs_counters`]).
+pub fn counter(dump: &[(String, u64)], name: &str) -> u64 {
+    dump.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v)
+}
+
 fn rs_counter(g: &mut Guest, file: &str) -> Result<u64> {
     g.read_u64(&format!(
         "/sys/kernel/debug/virtio_balloon_rs/virtio*/{file}"
@@ -566,21 +571,20 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
                 Some((k.to_string(), v.trim().parse().ok()?))
             })
             .collect();
-        let holds = rs_counter(g, "hint_lock_holds")?;
+        let c = |name: &str| counter(&rs_counters, name);
         hint = Some((
-            rs_counter(g, "hint_rounds")?,
-            rs_counter(g, "hint_round_ns_total")?,
-            rs_counter(g, "hint_lock_max_ns")?,
-            rs_counter(g, "hint_lock_ns_total")? / holds.max(1),
-            rs_counter(g, "host_errors")?,
-            rs_counter(g, "hint_isolated_max")?,
-            rs_counter(g, "hint_bound")?,
-            rs_counter(g, "hint_pages")?,
-            rs_counter(g, "host_wait_ns")?,
-            rs_counter(g, "hint_skipped")?,
-            // Absent from modules older than the counter.
-            rs_counter(g, "hint_unsent").unwrap_or(0),
-            rs_counter(g, "record_bytes")?,
+            c("hint_rounds"),
+            c("hint_round_ns_total"),
+            c("hint_lock_max_ns"),
+            c("hint_lock_ns_total") / c("hint_lock_holds").max(1),
+            c("host_errors"),
+            c("hint_isolated_max"),
+            c("hint_bound"),
+            c("hint_pages"),
+            c("host_wait_ns"),
+            c("hint_skipped"),
+            c("hint_unsent"),
+            c("record_bytes"),
         ));
     }
     Ok(Case {

@@ -970,12 +970,7 @@ fn migrate_fragmented(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<
     // later rounds found most of them even without it (96.8% in one run), so this check guards
     // the list walk and the record buffers rather than the drain, which the fragmented bench
     // case shows (2 GiB: 77% without it).
-    let counter = |name: &str| {
-        c.rs_counters
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or(0, |(_, v)| *v)
-    };
+    let counter = |name: &str| migrate::counter(&c.rs_counters, name);
     if d == Driver::Rs && counter("page_ranges") == 1 {
         let singles = counter("range_len_1");
         check(singles * 10 >= c.fragment_freed * 9, || {
