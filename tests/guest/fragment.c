@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * fragment MIB: a guest helper for the fragmented migration case.
+ * fragment MIB [STRIDE]: a guest helper for the fragmented and scattered migration cases.
  *
  * Maps MIB MiB of a memory file (memfd), writes every 4 KiB page (a pattern of the page's
- * index, so no page is a zero page the migration could skip), then punches out every other page
- * (fallocate; our guest kernel has no madvise): the guest is left with MIB/2 MiB free in single
- * pages that cannot merge. Prints "fragmented N" and keeps the other half until /tmp/fragment.check appears; then
- * checks every page it kept, prints "kept N bad M" and exits (status 1 if any page is bad).
+ * index, so no page is a zero page the migration could skip), then punches out the last page of
+ * every STRIDE (default 2: every other page; fallocate, as our guest kernel has no madvise):
+ * the guest is left with MIB/STRIDE MiB free in single pages that cannot merge, about STRIDE
+ * frames apart. Prints "fragmented N" (the pages freed) and keeps the rest until
+ * /tmp/fragment.check appears; then checks every page it kept, prints "kept N bad M" and exits
+ * (status 1 if any page is bad).
  *
  * Built static without a C library (raw system calls), so it needs nothing in the guest.
  */
@@ -79,7 +81,7 @@ static __attribute__((noreturn)) void quit(int status)
 __attribute__((used)) void start(long *sp)
 {
 	char **argv = (char **)(sp + 1);
-	unsigned long mib = 0, pages, i, bad = 0, kept = 0;
+	unsigned long mib = 0, stride = 2, pages, i, bad = 0, kept = 0;
 	const char *p;
 	unsigned long *mem;
 	long fd;
@@ -87,15 +89,24 @@ __attribute__((used)) void start(long *sp)
 		long sec, nsec;
 	} pause = { 0, 100 * 1000 * 1000 };
 
-	if (sp[0] != 2) {
-		out("usage: fragment MIB\n");
+	if (sp[0] != 2 && sp[0] != 3) {
+		out("usage: fragment MIB [STRIDE]\n");
 		quit(2);
 	}
-	for (p = argv[1]; *p >= '0' && *p <= '9'; p++)
+	for (p = argv[1]; *p >= '0' && *p <= '9' && mib <= (1UL << 30); p++)
 		mib = mib * 10 + (*p - '0');
 	if (*p || !mib || mib > (1UL << 30)) {
 		out("fragment: MIB must be a positive number\n");
 		quit(2);
+	}
+	if (sp[0] == 3) {
+		stride = 0;
+		for (p = argv[2]; *p >= '0' && *p <= '9' && stride <= 4096; p++)
+			stride = stride * 10 + (*p - '0');
+		if (*p || stride < 2 || stride > 4096) {
+			out("fragment: STRIDE must be 2 to 4096\n");
+			quit(2);
+		}
 	}
 	pages = mib << 8;
 	fd = sys3(SYS_memfd_create, (long)"fragment", 0, 0);
@@ -111,7 +122,7 @@ __attribute__((used)) void start(long *sp)
 	}
 	for (i = 0; i < pages; i++)
 		mem[i * (PAGE / sizeof(long))] = MAGIC | i;
-	for (i = 1; i < pages; i += 2) {
+	for (i = stride - 1; i < pages; i += stride) {
 		if (sys6(SYS_fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, i * PAGE, PAGE,
 			 0, 0)) {
 			out("fragment: fallocate failed\n");
@@ -119,11 +130,13 @@ __attribute__((used)) void start(long *sp)
 		}
 	}
 	out("fragmented ");
-	out_num(pages / 2);
+	out_num(pages / stride);
 	out("\n");
 	while (sys3(SYS_open, (long)"/tmp/fragment.check", 0, 0) < 0)
 		sys3(SYS_nanosleep, (long)&pause, 0, 0);
-	for (i = 0; i < pages; i += 2) {
+	for (i = 0; i < pages; i++) {
+		if (i % stride == stride - 1)
+			continue;
 		kept++;
 		if (mem[i * (PAGE / sizeof(long))] != (MAGIC | i))
 			bad++;

@@ -24,13 +24,15 @@ commands:
   run                       boot a 2 GiB guest per driver, inflate to 512 MiB and back, report
   test [--driver rs|c|both] [--filter TEXT] [--list] [--no-unit]
                             run the unit tests and every scenario, ending with 'N passed, N failed'
-  bench [--guest-gib N] [--only inflate|migration] [--reps N] [--case idle|after-workload|churn|fragmented]
+  bench [--guest-gib N] [--only inflate|migration] [--reps N]
+        [--case idle|after-workload|churn|fragmented|scattered]
         [--max-bandwidth-mib N] [--migration-gib N]
                             inflate all but 1 GiB of an 8 GiB guest (or N) and back, both drivers;
                             migrate 2 and 8 GiB guests (or N, or the --migration-gib N) with no
                             hinting, the C driver's hinting and ours, N runs each (default 3),
-                            every case (or the ones named; --case repeats); the smallest guest
-                            after the workload also with downtime limits of 100 and 50 ms
+                            every case but scattered (or the ones named; --case repeats); the
+                            smallest guest after the workload also with downtime limits of 100
+                            and 50 ms
   shell [--driver rs|c]     boot a guest and run commands typed on stdin in it"
     );
     std::process::exit(2)

@@ -129,8 +129,9 @@ fn table(rows: &[Row], reps: u32, bw: u64) -> String {
         "Live migration over a unix socket, max-bandwidth {} MiB/s, {} (QEMU {}); bench kernel. \
          Live data {} MiB; 'after workload': most of memory written with random data and freed \
          just before; 'churn': {} x {} MiB files rewritten during migration; 'fragmented': a process \
-         wrote {} MiB and freed every other 4 KiB page of it just before. 'limit': QEMU's \
-         downtime-limit. Medians of {reps} runs; downtime as median (min-max).\n\n",
+         wrote {} MiB and freed every other 4 KiB page of it just before; 'scattered': one page \
+         in {} of it. 'limit': QEMU's downtime-limit. Medians of {reps} runs; downtime as median \
+         (min-max).\n\n",
         bw >> 20,
         rows.first().map(|r| r.accel).unwrap_or(""),
         qemu_version(),
@@ -138,6 +139,7 @@ fn table(rows: &[Row], reps: u32, bw: u64) -> String {
         4,
         migrate::CHURN_MIB,
         migrate::FRAGMENT_MIB,
+        migrate::SCATTER_STRIDE,
     );
     s += &format!(
         "{:<5} {:<15} {:>5} {:<18} {:>9} {:>15} {:>6} {:>9} {:>8} {:>8} {:>16} {:>12}\n",

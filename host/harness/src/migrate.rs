@@ -246,11 +246,11 @@ pub fn start_churn(g: &mut Guest, mib: u64) -> Result<()> {
     .map(|_| ())
 }
 
-/// Starts the `fragment` helper on `mib` MiB and waits until it has freed every other page.
+/// Starts the `fragment` helper on `mib` MiB and waits until it has freed one page in `stride`.
 /// Returns the pages the helper freed.
-pub fn start_fragment(g: &mut Guest, mib: u64) -> Result<u64> {
+pub fn start_fragment(g: &mut Guest, mib: u64, stride: u64) -> Result<u64> {
     let out = g.sh(&format!(
-        "setsid /bin/fragment {mib} </dev/null >/tmp/fragment.out 2>&1 &\n\
+        "setsid /bin/fragment {mib} {stride} </dev/null >/tmp/fragment.out 2>&1 &\n\
          i=0; while ! grep -q fragmented /tmp/fragment.out && [ $i -lt 3000 ]; do \
          sleep 0.1; i=$((i+1)); done; cat /tmp/fragment.out"
     ))?;
@@ -387,6 +387,10 @@ pub enum Variant {
     /// A process wrote [`FRAGMENT_MIB`] and gave every other 4 KiB page of it back: half of it
     /// is free in single pages that cannot merge, the other half is kept (and checked after).
     Fragmented,
+    /// As [`Variant::Fragmented`], but the process gives back one page in [`SCATTER_STRIDE`]:
+    /// single pages far enough apart that page records name each on its own (4 bytes a page),
+    /// more of them than one record buffer holds.
+    Scattered,
 }
 
 impl Variant {
@@ -397,6 +401,7 @@ impl Variant {
             "after-workload" => Some(Variant::AfterWorkload),
             "churn" => Some(Variant::Churn),
             "fragmented" => Some(Variant::Fragmented),
+            "scattered" => Some(Variant::Scattered),
             _ => None,
         }
     }
@@ -407,6 +412,7 @@ impl Variant {
             Variant::AfterWorkload => "after workload",
             Variant::Churn => "churn",
             Variant::Fragmented => "fragmented",
+            Variant::Scattered => "scattered",
         }
     }
 }
@@ -416,6 +422,9 @@ pub const LIVE_MIB: u64 = 64;
 /// Memory the fragmented case writes, every other page of it then freed, in MiB (at most half
 /// of the guest's available memory less the live data and 96 MiB, for small guests).
 pub const FRAGMENT_MIB: u64 = 1536;
+/// One page in this many is freed in the scattered case: single pages 32 frames apart take as
+/// many bytes in a bitmap as in a list of page records (4).
+pub const SCATTER_STRIDE: u64 = 32;
 /// Size of each of the four files the churn process rewrites, in MiB.
 pub const CHURN_MIB: u64 = 16;
 
@@ -520,9 +529,15 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             fill_and_free(g, avail_mib.saturating_sub(96).max(16))?;
         }
         Variant::Churn => start_churn(g, CHURN_MIB)?,
-        Variant::Fragmented => {
+        Variant::Fragmented | Variant::Scattered => {
             let avail_mib = g.meminfo("MemAvailable")? >> 10;
-            fragment_freed = start_fragment(g, FRAGMENT_MIB.min(avail_mib.saturating_sub(96)))?;
+            let stride = if v == Variant::Scattered {
+                SCATTER_STRIDE
+            } else {
+                2
+            };
+            fragment_freed =
+                start_fragment(g, FRAGMENT_MIB.min(avail_mib.saturating_sub(96)), stride)?;
         }
     }
     let free_before_kib = g.meminfo("MemFree")?;
@@ -546,7 +561,7 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
     verify_live_data(g)?;
     let churn_files = match v {
         Variant::Churn => stop_and_verify_churn(g)?,
-        Variant::Fragmented => verify_fragment(g)?,
+        Variant::Fragmented | Variant::Scattered => verify_fragment(g)?,
         _ => 0,
     };
     // The guest goes on working on the destination.
