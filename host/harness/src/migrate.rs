@@ -521,6 +521,7 @@ fn rs_counter(g: &mut Guest, file: &str) -> Result<u64> {
 pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -> Result<Case> {
     write_live_data(g, LIVE_MIB)?;
     let mut fragment_freed = 0;
+    let mut fragment_mib = 0;
     match v {
         Variant::Idle => {}
         Variant::AfterWorkload => {
@@ -536,8 +537,8 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
             } else {
                 2
             };
-            fragment_freed =
-                start_fragment(g, FRAGMENT_MIB.min(avail_mib.saturating_sub(96)), stride)?;
+            fragment_mib = FRAGMENT_MIB.min(avail_mib.saturating_sub(96));
+            fragment_freed = start_fragment(g, fragment_mib, stride)?;
         }
     }
     let free_before_kib = g.meminfo("MemFree")?;
@@ -561,7 +562,17 @@ pub fn run_case(g: &mut Guest, d: crate::guest::Driver, v: Variant, p: Params) -
     verify_live_data(g)?;
     let churn_files = match v {
         Variant::Churn => stop_and_verify_churn(g)?,
-        Variant::Fragmented | Variant::Scattered => verify_fragment(g)?,
+        Variant::Fragmented | Variant::Scattered => {
+            // Every page the helper wrote was either freed or kept and checked.
+            let kept = verify_fragment(g)?;
+            if kept + fragment_freed != fragment_mib << 8 {
+                return Err(format!(
+                    "the fragment helper kept {kept} and freed {fragment_freed} pages of \
+                     {fragment_mib} MiB"
+                ));
+            }
+            kept
+        }
         _ => 0,
     };
     // The guest goes on working on the destination.
