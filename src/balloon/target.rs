@@ -393,6 +393,10 @@ pub(crate) struct TargetPart {
     floor_pages: u64,
     /// Order of the blocks the balloon takes while the guest has them free.
     block_order: u32,
+    /// Pages one run of the work item gives back at most: with page records, what the batches
+    /// in flight hold (each run ends by waiting for all of them, so a smaller chunk would leave
+    /// batches idle), else [`CHUNK_PAGES`].
+    deflate_chunk: u32,
 }
 
 impl TargetPart {
@@ -412,6 +416,11 @@ impl TargetPart {
             .min(deflate_vq.ring_size() as usize)
             .max(1);
         let pool = Pool::new(batches, make)?;
+        let deflate_chunk = match min_order {
+            Some(_) => (batches as u64 * RECORD_BATCH_PAGES)
+                .clamp(CHUNK_PAGES.into(), u32::MAX.into()) as u32,
+            None => CHUNK_PAGES,
+        };
         let block_order = match min_order {
             // At least 2 MiB, at most what the allocator has.
             Some(order) => order.clamp(BLOCK_ORDER, MAX_PAGE_ORDER),
@@ -433,6 +442,7 @@ impl TargetPart {
             guest_pages,
             floor_pages,
             block_order,
+            deflate_chunk,
         }))
     }
 
@@ -456,7 +466,13 @@ impl TargetPart {
         let seq = ev.config_seq();
         let target = self.target(ev, &mut st);
         let current = st.len().min(u64::from(u32::MAX)) as u32;
-        let stop = match Step::towards(target, current, CHUNK_PAGES) {
+        // Inflating stays at `CHUNK_PAGES` a run: a new target turns it round sooner.
+        let chunk = if target < current {
+            self.deflate_chunk
+        } else {
+            CHUNK_PAGES
+        };
+        let stop = match Step::towards(target, current, chunk) {
             Step::Idle => {
                 st.warned_clamp = false;
                 st.warned_oom = false;
