@@ -89,7 +89,9 @@ proptest! {
 }
 
 mod hint {
-    use crate::proto::hint::{coalesce, sort, Action, Range, Rounds, CMD_ID_DONE, CMD_ID_STOP};
+    use crate::proto::hint::{
+        coalesce, overtaken, sort, Action, Range, Rounds, CMD_ID_DONE, CMD_ID_STOP,
+    };
     use proptest::prelude::*;
     use std::collections::BTreeSet;
     use std::vec::Vec;
@@ -111,6 +113,19 @@ mod hint {
         // After DONE the next migration may reuse ids.
         assert_eq!(r.on_command(0x8000_0001), Action::Start(0x8000_0001));
         assert_eq!(r.on_command(0x8000_0002), Action::Start(0x8000_0002));
+    }
+
+    #[test]
+    fn a_late_config_interrupt_does_not_end_the_round() {
+        let id = 0x8000_0003;
+        // QEMU shows the stop id while it applies the round's hints: not a reason to end it.
+        assert!(!overtaken(id, CMD_ID_STOP));
+        // Not yet seen by the host: the round's own id.
+        assert!(!overtaken(id, id));
+        // The next round's id, or DONE, end it.
+        assert!(overtaken(id, id + 1));
+        assert!(overtaken(id, CMD_ID_DONE));
+        assert!(overtaken(id, 0x8000_0000));
     }
 
     fn frames(rs: &[Range]) -> BTreeSet<u64> {

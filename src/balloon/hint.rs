@@ -26,7 +26,7 @@ use crate::abstractions::{
     wait::ms_to_jiffies,
 };
 use crate::proto::{
-    hint::{Action, Rounds, CMD_ID_STOP},
+    hint::{overtaken, Action, Rounds, CMD_ID_STOP},
     records::{encode, max_bytes},
 };
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -364,7 +364,7 @@ impl HintPart {
             if ev.config_seq() != seq {
                 // Read outside the wait: config reads may sleep.
                 match round {
-                    Some(id) if read_cmd_id(ev) != Some(id) => return Err(RoundEnd::Interrupted),
+                    Some(id) if moved_on(ev, id) => return Err(RoundEnd::Interrupted),
                     _ => continue,
                 }
             }
@@ -416,8 +416,7 @@ impl HintPart {
         let skip_hinted = st.walked_all;
         let mut walk = HintWalk::new(min_order, skip_hinted);
         // Asked between two holds of a zone lock: has the round been overtaken?
-        let interrupted =
-            || ev.stopping() || (ev.config_seq() != seq && read_cmd_id(ev) != Some(id));
+        let interrupted = || ev.stopping() || (ev.config_seq() != seq && moved_on(ev, id));
         let mut end = self.send_cmd(ev, st, id, Some(id));
         // Blocks carried over from a full record buffer are sent even once the walk is over.
         while end == RoundEnd::Complete && (!walk.is_done() || !st.carry.is_empty()) {
@@ -502,6 +501,12 @@ impl HintPart {
 fn read_cmd_id(ev: &Events) -> Option<u32> {
     ev.with_dev(|d| d.read(&cfg::FREE_PAGE_HINT_CMD_ID))
         .flatten()
+}
+
+/// Whether the host has moved on from the round `id` (see [`overtaken`]); `true` once the device
+/// is gone.
+fn moved_on(ev: &Events, id: u32) -> bool {
+    read_cmd_id(ev).map_or(true, |now| overtaken(id, now))
 }
 
 /// A hint buffer came back from the host: its blocks go back to the allocator, marked as hinted
