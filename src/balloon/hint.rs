@@ -11,8 +11,9 @@
 //! write can be lost). At most [`HINT_BUFFERS`] buffers of at most [`buffer_pages`] pages are
 //! out at once: the guest's free memory never dips by more than half of the guest's memory
 //! (64 MiB at least, 1 GiB at most), unlike the C driver, which allocates 4 MiB blocks until
-//! none is left. A new id, the stop id, any other config change, device removal, suspend or an
-//! unresponsive host end a round early. With `VIRTIO_BALLOON_F_PAGE_RANGES` a buffer names its
+//! none is left. A new id or `DONE` (read after a config change), device removal, suspend or an
+//! unresponsive host end a round early; the stop id only once the host moves on (see
+//! [`overtaken`]). With `VIRTIO_BALLOON_F_PAGE_RANGES` a buffer names its
 //! blocks in page records (one device-readable descriptor) instead of being the blocks
 //! themselves; the ownership rule is the same.
 
@@ -29,7 +30,10 @@ use crate::proto::{
     hint::{overtaken, Action, Rounds, CMD_ID_STOP},
     records::{encode, max_bytes},
 };
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::{
+    cell::Cell,
+    sync::atomic::{AtomicU64, Ordering},
+};
 use kernel::{
     alloc::{flags::GFP_KERNEL, KBox},
     new_mutex,
@@ -272,7 +276,7 @@ impl HintPart {
 enum RoundEnd {
     /// The walk visited every zone.
     Complete,
-    /// The host changed the command id (or another config field), or the device goes away.
+    /// The host moved on to a new command id or `DONE`, or the device goes away.
     Interrupted,
     /// The host did not use buffers in time, or refused one.
     HostTrouble,
@@ -415,8 +419,26 @@ impl HintPart {
             .min(u64::from(u32::MAX)) as u32;
         let skip_hinted = st.walked_all;
         let mut walk = HintWalk::new(min_order, skip_hinted);
+        // The config change count the round's id (or a later read of it) was read after: a
+        // change the host made later shows as a different count. A late interrupt of a change
+        // already seen moves it on, so that the round's buffers are still marked when used and
+        // the id is not read again at every check.
+        let seen = Cell::new(seq);
         // Asked between two holds of a zone lock: has the round been overtaken?
-        let interrupted = || ev.stopping() || (ev.config_seq() != seq && moved_on(ev, id));
+        let interrupted = || {
+            if ev.stopping() {
+                return true;
+            }
+            let now = ev.config_seq();
+            if now == seen.get() {
+                return false;
+            }
+            if moved_on(ev, id) {
+                return true;
+            }
+            seen.set(now);
+            false
+        };
         let mut end = self.send_cmd(ev, st, id, Some(id));
         // Blocks carried over from a full record buffer are sent even once the walk is over.
         while end == RoundEnd::Complete && (!walk.is_done() || !st.carry.is_empty()) {
@@ -445,7 +467,10 @@ impl HintPart {
             }
             let (pages, ranges) = (buf.blocks.pages(), buf.blocks.ranges().len() as u64);
             let tally = buf.tally.take();
-            buf.round = Some(SentIn { id, seq });
+            buf.round = Some(SentIn {
+                id,
+                seq: seen.get(),
+            });
             match st.vq.add(buf) {
                 Ok(()) => {
                     st.vq.kick();
@@ -512,8 +537,7 @@ fn moved_on(ev: &Events, id: u32) -> bool {
 /// A hint buffer came back from the host: its blocks go back to the allocator, marked as hinted
 /// if the host acted on them (as far as the guest can tell).
 fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
-    // Hints are never written, and QEMU reports 1 byte for every element, so anything above 1
-    // is a host error.
+    // Hints are never written (QEMU 7.2 reports 0 bytes); anything above 1 is a host error.
     if len > 1 && ev.host_error() {
         pr_warn!(
             "virtio{}: host reports {} bytes written to a free page hint; ignored\n",
