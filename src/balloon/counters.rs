@@ -42,8 +42,12 @@ pub(crate) struct Counters {
     pub(crate) hint_rounds: AtomicU64,
     /// Rounds ended, whichever way (equal to `hint_rounds` when no round is running).
     pub(crate) hint_ended: AtomicU64,
-    /// Rounds ended before the walk was over (new id, stop, config change, host trouble).
+    /// Rounds ended before the walk was over (new id, `DONE`, device gone, host trouble).
     pub(crate) hint_aborts: AtomicU64,
+    /// Of `hint_aborts`, the rounds the host did not use buffers for in time, or refused one.
+    pub(crate) hint_host_trouble: AtomicU64,
+    /// The command id read when a round was last found overtaken (a new id, or `DONE`).
+    pub(crate) hint_overtaken_by: AtomicU64,
     /// Times the host said it was done with the hints.
     pub(crate) hint_done: AtomicU64,
     /// Buffers of free ranges sent.
@@ -176,6 +180,8 @@ impl Counters {
         (c_str!("hint_rounds"), |c| &c.hint_rounds),
         (c_str!("hint_ended"), |c| &c.hint_ended),
         (c_str!("hint_aborts"), |c| &c.hint_aborts),
+        (c_str!("hint_host_trouble"), |c| &c.hint_host_trouble),
+        (c_str!("hint_overtaken_by"), |c| &c.hint_overtaken_by),
         (c_str!("hint_done"), |c| &c.hint_done),
         (c_str!("hint_descs"), |c| &c.hint_descs),
         (c_str!("hint_ranges"), |c| &c.hint_ranges),

@@ -515,6 +515,9 @@ impl HintPart {
         counters::add(&c.hint_skipped, stats.skipped);
         c.hint_lock_max_ns
             .fetch_max(stats.max_hold_ns, Ordering::Relaxed);
+        if end == RoundEnd::HostTrouble {
+            counters::add(&c.hint_host_trouble, 1);
+        }
         if end != RoundEnd::Complete {
             counters::add(&c.hint_aborts, 1);
         }
@@ -531,7 +534,14 @@ fn read_cmd_id(ev: &Events) -> Option<u32> {
 /// Whether the host has moved on from the round `id` (see [`overtaken`]); `true` once the device
 /// is gone.
 fn moved_on(ev: &Events, id: u32) -> bool {
-    read_cmd_id(ev).map_or(true, |now| overtaken(id, now))
+    match read_cmd_id(ev) {
+        Some(now) if overtaken(id, now) => {
+            counters::set(&ev.counters().hint_overtaken_by, u64::from(now));
+            true
+        }
+        Some(_) => false,
+        None => true,
+    }
 }
 
 /// A hint buffer came back from the host: its blocks go back to the allocator, marked as hinted

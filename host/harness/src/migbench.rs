@@ -400,11 +400,17 @@ const SWEEP_LIMITS_MS: &[u64] = &[100, 50];
 pub fn bench(sizes: &[u64], reps: u32, cases: &[Variant], bw_mib: Option<u64>) -> Result<bool> {
     let bw = bw_mib.map_or(Params::default().max_bandwidth, |m| m << 20);
     let mut groups = Vec::new();
-    let variants: Vec<Variant> = VARIANTS
-        .iter()
-        .copied()
-        .filter(|v| cases.is_empty() || cases.contains(v))
-        .collect();
+    // The default cases, or those asked for, scattered included (it is not a default one).
+    let variants: Vec<Variant> = if cases.is_empty() {
+        VARIANTS.to_vec()
+    } else {
+        VARIANTS
+            .iter()
+            .chain(&[Variant::Scattered])
+            .copied()
+            .filter(|v| cases.contains(v))
+            .collect()
+    };
     for &gib in sizes {
         for &v in &variants {
             groups.push((gib, v, Params::default().downtime_limit_ms));
