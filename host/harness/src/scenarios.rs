@@ -1032,13 +1032,13 @@ fn migrate_fragmented(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<
 /// again and gives them back again) while still hinting 12207 of the 12288: only the second
 /// check tells the two apart. The pages the process kept arrive intact.
 // Not in SCENARIOS: the 90% check does not hold. Two runs hinted 7975 and 9402 of 12288 singles,
-// with nothing given back unsent and no zone at its watermark (`hint_low_zones` 0). In the second
-// (the first was not dumped) one of the two rounds ended before its walk was over (`hint_aborts`
-// 1, `hint_done` 2); a fragmented bench run with the same signature hinted only 18788 of 196608
-// singles in 52 ms of rounds, so a first round cut short is the lead. Also possible: the guest's
-// own order-0 allocations take free single pages before the walk. To do: find what ends that
-// round (per-round counts and the ids the driver reads), then put this back, with singles to
-// spare over what one buffer's list records can name.
+// with nothing given back unsent and no zone at its watermark (`hint_low_zones` 0); the second
+// (the first was not dumped) had one round end before its walk was over (`hint_aborts` 1), as
+// fragmented bench runs do that hint only part of their singles in a short first round (see
+// "Open" in docs/free-page-hinting.md). Also possible: the guest's own order-0 allocations take
+// free single pages before the walk. To do: find that cause (debugfs `hint_overtaken_by`,
+// `hint_host_trouble`), then put this back, with singles to spare over what one buffer's list
+// records can name.
 #[allow(dead_code)]
 fn migrate_scattered(g: &mut Guest, d: Driver, _: &mut Vec<Outcome>) -> Result<()> {
     let c = migration(g, d, Variant::Scattered, true)?;
