@@ -49,6 +49,9 @@ pub(crate) struct WalkStats {
     pub(crate) low_zones: u64,
     /// Blocks passed over because they were hinted, and stayed free, since they were last freed.
     pub(crate) skipped: u64,
+    /// Passes over a free list after one that isolated blocks (blocks may have been freed, or
+    /// moved by compaction, behind it); a list ends after a pass that isolated none.
+    pub(crate) wraps: u64,
 }
 
 /// mm's walk over the free memory of every populated zone (`struct page_hinting_walk`).
@@ -67,9 +70,10 @@ unsafe impl Send for HintWalk {}
 impl HintWalk {
     /// Starts a walk that hints free blocks of order `min_order` and above. With `skip_hinted`
     /// it passes over the blocks a walk has hinted since they were last freed (mm marks them
-    /// when they are put back, and clears the mark when they leave the free lists). mm first
-    /// drains the per-CPU free lists, so that the free pages they hold are on the lists the walk
-    /// visits. May sleep.
+    /// when they are put back, and clears the mark when they leave the free lists); without it
+    /// mm forgets every earlier hint first (a new hinting epoch), and the walk passes over the
+    /// blocks it hinted itself (and marks two epochs old, see kernel patch 9). mm first drains the per-CPU free lists, so that the free
+    /// pages they hold are on the lists the walk visits. May sleep.
     pub(crate) fn new(min_order: u32, skip_hinted: bool) -> Self {
         let mut raw = MaybeUninit::<bindings::page_hinting_walk>::zeroed();
         // SAFETY: `raw` is valid for writes; `page_hinting_walk_init` initialises every field. We
@@ -95,6 +99,7 @@ impl HintWalk {
             total_hold_ns: self.raw.hold_ns_total,
             low_zones: self.raw.low_zones,
             skipped: self.raw.skipped,
+            wraps: self.raw.wraps,
         }
     }
 }
@@ -127,6 +132,7 @@ impl HintBlocks {
         let empty = bindings::page_hinting_block {
             page: core::ptr::null_mut(),
             order: 0,
+            epoch: 0,
         };
         // INVARIANT: no block is held; the arrays have their final sizes.
         Ok(Self {

@@ -69,9 +69,12 @@ pub(crate) struct Counters {
     pub(crate) hint_lock_ns_total: AtomicU64,
     /// Zones a walk left early because they were at their high watermark.
     pub(crate) hint_low_zones: AtomicU64,
-    /// Blocks a walk passed over: hinted in an earlier round of the same migration and free
-    /// since.
+    /// Blocks a walk passed over: hinted in this migration (in an earlier round, or put back by
+    /// this round) and free since.
     pub(crate) hint_skipped: AtomicU64,
+    /// Passes a walk made over a free list after one that isolated blocks (blocks may have been
+    /// freed, or moved by compaction, behind it); a list ends after a pass that isolated none.
+    pub(crate) hint_wraps: AtomicU64,
     /// Pages isolated for a page-record hint buffer that went back to the allocator unsent:
     /// their records fitted neither that buffer nor the next ones of the round.
     pub(crate) hint_unsent: AtomicU64,
@@ -193,6 +196,7 @@ impl Counters {
         (c_str!("hint_lock_ns_total"), |c| &c.hint_lock_ns_total),
         (c_str!("hint_low_zones"), |c| &c.hint_low_zones),
         (c_str!("hint_skipped"), |c| &c.hint_skipped),
+        (c_str!("hint_wraps"), |c| &c.hint_wraps),
         (c_str!("hint_unsent"), |c| &c.hint_unsent),
         (c_str!("hint_isolated"), |c| &c.hint_isolated),
         (c_str!("hint_isolated_max"), |c| &c.hint_isolated_max),

@@ -183,10 +183,11 @@ struct HintState {
     max_blocks: usize,
     /// Command ids are little-endian (virtio 1.0), else in the guest's order (legacy).
     le: bool,
-    /// A round's walk has visited every zone since the host last said it was done with hints
-    /// (or since probe or resume), the first of them passing nothing over: the blocks mm marks
-    /// as hinted were hinted for this migration, and later rounds pass them over.
-    walked_all: bool,
+    /// The host said it was done with hints (or the driver was probed or resumed) and no walk
+    /// has started since: the next one forgets every earlier hint (mm starts a new hinting
+    /// epoch). Later walks, even after a round that ended early, pass over the blocks hinted in
+    /// this epoch: the host acted on those hints in this migration.
+    new_epoch: bool,
 }
 
 impl HintState {
@@ -251,7 +252,7 @@ impl HintPart {
                 buffer_pages: buffer_pages(total_pages),
                 max_blocks,
                 le,
-                walked_all: false,
+                new_epoch: true,
             }),
         }))
     }
@@ -267,7 +268,7 @@ impl HintPart {
         let mut st = self.state.lock();
         st.rounds = Rounds::new();
         st.isolated = 0;
-        st.walked_all = false;
+        st.new_epoch = true;
     }
 }
 
@@ -309,7 +310,7 @@ impl HintPart {
                         // The host no longer needs hints.
                         counters::add(&ev.counters().hint_done, 1);
                         // The next migration starts from a full dirty bitmap.
-                        st.walked_all = false;
+                        st.new_epoch = true;
                     }
                     // Buffers still out (the host used them, or has not looked at them since a
                     // migration moved the ring): ask the host to look; their blocks come back
@@ -417,8 +418,9 @@ impl HintPart {
             .hint_min_order
             .load(Ordering::Relaxed)
             .min(u64::from(u32::MAX)) as u32;
-        let skip_hinted = st.walked_all;
+        let skip_hinted = !st.new_epoch;
         let mut walk = HintWalk::new(min_order, skip_hinted);
+        st.new_epoch = false;
         // The config change count the round's id (or a later read of it) was read after: a
         // change the host made later shows as a different count. A late interrupt of a change
         // already seen moves it on, so that the round's buffers are still marked when used and
@@ -502,9 +504,6 @@ impl HintPart {
             self.send_cmd(ev, st, CMD_ID_STOP, None);
         }
         st.rounds.finish();
-        if end == RoundEnd::Complete && walk.is_done() {
-            st.walked_all = true;
-        }
         let stats = walk.stats();
         let ns = elapsed_ns(start);
         counters::set(&c.hint_round_ns, ns);
@@ -513,6 +512,7 @@ impl HintPart {
         counters::add(&c.hint_lock_ns_total, stats.total_hold_ns);
         counters::add(&c.hint_low_zones, stats.low_zones);
         counters::add(&c.hint_skipped, stats.skipped);
+        counters::add(&c.hint_wraps, stats.wraps);
         c.hint_lock_max_ns
             .fetch_max(stats.max_hold_ns, Ordering::Relaxed);
         if end == RoundEnd::HostTrouble {
