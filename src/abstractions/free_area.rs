@@ -45,7 +45,7 @@ pub(crate) struct WalkStats {
     pub(crate) holds: u64,
     /// Time the zone locks were held, all holds together, in nanoseconds.
     pub(crate) total_hold_ns: u64,
-    /// Zones left early because they were at their high watermark.
+    /// Calls that stopped at a zone's high watermark.
     pub(crate) low_zones: u64,
     /// Blocks passed over because they were hinted, and stayed free, since they were last freed.
     pub(crate) skipped: u64,
@@ -89,6 +89,20 @@ impl HintWalk {
     pub(crate) fn is_done(&self) -> bool {
         // SAFETY: `raw` is an initialised walk (type invariant).
         unsafe { bindings::page_hinting_walk_done(&self.raw) }
+    }
+
+    /// Whether the last [`HintBlocks::isolate`] stopped at a zone's high watermark. The walk
+    /// keeps its place: give blocks back and isolate again, or [`HintWalk::leave_zone`].
+    pub(crate) fn is_low(&self) -> bool {
+        // SAFETY: `raw` is an initialised walk (type invariant).
+        unsafe { bindings::page_hinting_walk_low(&self.raw) }
+    }
+
+    /// Goes on with the next zone, leaving the rest of this one unhinted: for a walk at a
+    /// zone's high watermark whose caller holds no blocks it could give back.
+    pub(crate) fn leave_zone(&mut self) {
+        // SAFETY: `raw` is an initialised walk (type invariant); mm moves its cursor.
+        unsafe { bindings::page_hinting_walk_leave_zone(&mut self.raw) }
     }
 
     /// The walk's measurements so far.

@@ -67,7 +67,8 @@ pub(crate) struct Counters {
     /// Time the free list walk held zone locks, every hold together, in nanoseconds (divided by
     /// `hint_lock_holds`: the mean hold).
     pub(crate) hint_lock_ns_total: AtomicU64,
-    /// Zones a walk left early because they were at their high watermark.
+    /// Walk calls that stopped at a zone's high watermark (the round then waits for its buffers
+    /// in flight, or leaves the zone when it has none).
     pub(crate) hint_low_zones: AtomicU64,
     /// Blocks a walk passed over: hinted in this migration (in an earlier round, or put back by
     /// this round) and free since.

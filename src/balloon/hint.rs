@@ -347,41 +347,52 @@ impl HintPart {
             if let Some(buf) = st.pool.take(st.vq.in_flight(), &ev.counters().buffers_made) {
                 return Ok(buf);
             }
-            // Buffers queued just before a live migration sit on the destination's ring unseen:
-            // the source had stopped polling with notifications off. Tell the device to look.
-            st.vq.notify();
-            let start = Ktime::ktime_get();
-            let seq = ev.config_seq();
-            let mut got = None;
-            ev.host_wq
-                .wait_timeout(ms_to_jiffies(HINT_HOST_TIMEOUT_MS), || {
-                    got = st.vq.get_used();
-                    got.is_some() || ev.stopping() || ev.config_seq() != seq
-                });
-            counters::add(&ev.counters().host_wait_ns, elapsed_ns(start));
-            if let Some((buf, len)) = got {
-                used(ev, st, buf, len);
-                continue;
-            }
-            if ev.stopping() {
-                return Err(RoundEnd::Interrupted);
-            }
-            if ev.config_seq() != seq {
-                // Read outside the wait: config reads may sleep.
-                match round {
-                    Some(id) if moved_on(ev, id) => return Err(RoundEnd::Interrupted),
-                    _ => continue,
-                }
-            }
-            if ev.host_error() {
-                pr_warn!(
-                    "virtio{}: host did not use free page hints for {} ms; ending the round\n",
-                    ev.index,
-                    HINT_HOST_TIMEOUT_MS
-                );
-            }
-            return Err(RoundEnd::HostTrouble);
+            self.wait_host(ev, st, round)?;
         }
+    }
+
+    /// Waits until the host has used a buffer (taken back, its blocks returned) or a config
+    /// change came that does not end the round.
+    fn wait_host(
+        &self,
+        ev: &Events,
+        st: &mut HintState,
+        round: Option<u32>,
+    ) -> core::result::Result<(), RoundEnd> {
+        // Buffers queued just before a live migration sit on the destination's ring unseen:
+        // the source had stopped polling with notifications off. Tell the device to look.
+        st.vq.notify();
+        let start = Ktime::ktime_get();
+        let seq = ev.config_seq();
+        let mut got = None;
+        ev.host_wq
+            .wait_timeout(ms_to_jiffies(HINT_HOST_TIMEOUT_MS), || {
+                got = st.vq.get_used();
+                got.is_some() || ev.stopping() || ev.config_seq() != seq
+            });
+        counters::add(&ev.counters().host_wait_ns, elapsed_ns(start));
+        if let Some((buf, len)) = got {
+            used(ev, st, buf, len);
+            return Ok(());
+        }
+        if ev.stopping() {
+            return Err(RoundEnd::Interrupted);
+        }
+        if ev.config_seq() != seq {
+            // Read outside the wait: config reads may sleep.
+            return match round {
+                Some(id) if moved_on(ev, id) => Err(RoundEnd::Interrupted),
+                _ => Ok(()),
+            };
+        }
+        if ev.host_error() {
+            pr_warn!(
+                "virtio{}: host did not use free page hints for {} ms; ending the round\n",
+                ev.index,
+                HINT_HOST_TIMEOUT_MS
+            );
+        }
+        Err(RoundEnd::HostTrouble)
     }
 
     /// Sends a command id: the round's id (`round` is `Some(id)`), or the stop id.
@@ -457,6 +468,20 @@ impl HintPart {
             fill(&mut buf.blocks, &mut walk, limits, interrupted);
             if buf.blocks.is_empty() {
                 st.put(buf, false);
+                if walk.is_low() && !walk.is_done() && !interrupted() {
+                    // The zone is at its high watermark, often because of the blocks this
+                    // round holds: wait for the host to give some back, or, holding none,
+                    // leave the zone.
+                    if st.vq.in_flight() > 0 {
+                        if let Err(e) = self.wait_host(ev, st, Some(id)) {
+                            end = e;
+                            break;
+                        }
+                    } else {
+                        walk.leave_zone();
+                    }
+                    continue;
+                }
                 if !walk.is_done() {
                     end = RoundEnd::Interrupted;
                 }
@@ -598,6 +623,9 @@ fn fill(
         // blocks do not wait, isolated, for the end of a sparse zone).
         if blocks.isolate(walk, max_blocks, max_pages) > 0 {
             idle = 0;
+        } else if walk.is_low() {
+            // At a zone's high watermark: send what is held, so that it comes back sooner.
+            break;
         } else {
             idle += 1;
             if idle >= FLUSH_AFTER_EMPTY && !blocks.is_empty() {
