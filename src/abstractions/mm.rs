@@ -28,6 +28,16 @@ pub(crate) fn available_pages() -> u64 {
     pages.max(0) as u64
 }
 
+/// Free pages of the whole system, in pages (`MemFree` of `/proc/meminfo`).
+pub(crate) fn free_pages() -> u64 {
+    let mut info = core::mem::MaybeUninit::<bindings::sysinfo>::zeroed();
+    // SAFETY: `info` is valid for writes; `si_meminfo` fills the memory fields.
+    unsafe { bindings::si_meminfo(info.as_mut_ptr()) };
+    // SAFETY: Zeroed, then filled: every field is initialised.
+    let info = unsafe { info.assume_init() };
+    info.freeram as u64
+}
+
 /// An order-0 page owned by the driver.
 ///
 /// # Invariants

@@ -23,6 +23,7 @@ use super::pool::{MakeBuf, Pool};
 use super::target::elapsed_ns;
 use crate::abstractions::{
     free_area::{HintBlocks, HintWalk, MAX_BLOCKS, MAX_BLOCK_PAGES},
+    mm,
     virtio::{balloon as cfg, Buffer, OutBuf, Payload, Virtqueue},
     wait::ms_to_jiffies,
 };
@@ -452,9 +453,22 @@ impl HintPart {
             seen.set(now);
             false
         };
+        // A round holds at most half of the memory free when it started: the rest serves the
+        // guest's allocations until the host gives blocks back. Stopping at a zone's high
+        // watermark alone is not enough where nothing is reclaimable (no swap, memory in
+        // shmem): a burst of allocations then reaches the min watermark and the OOM killer
+        // fires while the blocks are lent.
+        let cap = mm::free_pages() / 2;
         let mut end = self.send_cmd(ev, st, id, Some(id));
         // Blocks carried over from a full record buffer are sent even once the walk is over.
         while end == RoundEnd::Complete && (!walk.is_done() || !st.carry.is_empty()) {
+            if st.isolated > 0 && st.isolated + MAX_BLOCK_PAGES > cap && st.vq.in_flight() > 0 {
+                if let Err(e) = self.wait_host(ev, st, Some(id)) {
+                    end = e;
+                    break;
+                }
+                continue;
+            }
             let mut buf = match self.buffer(ev, st, Some(id)) {
                 Ok(buf) => buf,
                 Err(e) => {
@@ -463,7 +477,8 @@ impl HintPart {
                 }
             };
             buf.is_cmd = false;
-            let limits = (st.buffer_pages, st.max_blocks);
+            let room = cap.saturating_sub(st.isolated).max(MAX_BLOCK_PAGES);
+            let limits = (st.buffer_pages.min(room), st.max_blocks);
             buf.blocks.take_from(&mut st.carry, st.max_blocks);
             fill(&mut buf.blocks, &mut walk, limits, interrupted);
             if buf.blocks.is_empty() {
