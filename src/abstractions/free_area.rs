@@ -72,8 +72,9 @@ impl HintWalk {
     /// it passes over the blocks a walk has hinted since they were last freed (mm marks them
     /// when they are put back, and clears the mark when they leave the free lists); without it
     /// mm forgets every earlier hint first (a new hinting epoch), and the walk passes over the
-    /// blocks it hinted itself (and marks two epochs old, see kernel patch 9). mm first drains the per-CPU free lists, so that the free
-    /// pages they hold are on the lists the walk visits. May sleep.
+    /// blocks it hinted itself (and marks two epochs old, see kernel patch 9). mm first drains
+    /// the per-CPU free lists, so that the free pages they hold are on the lists the walk
+    /// visits. May sleep.
     pub(crate) fn new(min_order: u32, skip_hinted: bool) -> Self {
         let mut raw = MaybeUninit::<bindings::page_hinting_walk>::zeroed();
         // SAFETY: `raw` is valid for writes; `page_hinting_walk_init` initialises every field. We
@@ -180,8 +181,9 @@ impl HintBlocks {
 
     /// Takes the next free blocks of `walk` (one hold of a zone's lock, at most [`MAX_BLOCKS`]),
     /// as long as the blocks held stay within `max_blocks` (and the holder's capacity) and
-    /// `max_pages` pages; returns how many were added. Zero with the walk not done means a zone
-    /// ended or was low: call again. May sleep.
+    /// `max_pages` pages; returns how many were added. Zero with the walk not done means a zone or
+    /// list ended (call again) or, with [`HintWalk::is_low`], that the zone is at its high
+    /// watermark (give blocks back first, or [`HintWalk::leave_zone`]). May sleep.
     pub(crate) fn isolate(
         &mut self,
         walk: &mut HintWalk,

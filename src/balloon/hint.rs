@@ -10,8 +10,10 @@
 //! the guest cannot write a page while the host acts on a hint that names it (on KVM such a
 //! write can be lost). At most [`HINT_BUFFERS`] buffers of at most [`buffer_pages`] pages are
 //! out at once: the guest's free memory never dips by more than half of the guest's memory
-//! (64 MiB at least, 1 GiB at most), unlike the C driver, which allocates 4 MiB blocks until
-//! none is left. A new id or `DONE` (read after a config change), device removal, suspend or an
+//! (64 MiB at least, 1 GiB at most), nor a round by more than half of the memory free when it
+//! started, unlike the C driver, which allocates 4 MiB blocks until none is left. At a zone's
+//! high watermark a round waits for the host to give blocks back, or leaves the zone when it
+//! holds none. A new id or `DONE` (read after a config change), device removal, suspend or an
 //! unresponsive host end a round early; the stop id only once the host moves on (see
 //! [`overtaken`]). With `VIRTIO_BALLOON_F_PAGE_RANGES` a buffer names its
 //! blocks in page records (one device-readable descriptor) instead of being the blocks
@@ -276,7 +278,7 @@ impl HintPart {
 /// Why a round ended.
 #[derive(PartialEq, Eq)]
 enum RoundEnd {
-    /// The walk visited every zone.
+    /// The walk visited every zone (or left one at its high watermark, holding nothing).
     Complete,
     /// The host moved on to a new command id or `DONE`, or the device goes away.
     Interrupted,
@@ -457,12 +459,18 @@ impl HintPart {
         // guest's allocations until the host gives blocks back. Stopping at a zone's high
         // watermark alone is not enough where nothing is reclaimable (no swap, memory in
         // shmem): a burst of allocations then reaches the min watermark and the OOM killer
-        // fires while the blocks are lent.
-        let cap = mm::free_pages() / 2;
+        // fires while the blocks are lent. Pages still held from an earlier round count as
+        // free here, as they come back.
+        let cap = (mm::free_pages() + st.isolated + st.carry.pages()) / 2;
         let mut end = self.send_cmd(ev, st, id, Some(id));
         // Blocks carried over from a full record buffer are sent even once the walk is over.
         while end == RoundEnd::Complete && (!walk.is_done() || !st.carry.is_empty()) {
+            self.reclaim(ev, st);
             if st.isolated > 0 && st.isolated + MAX_BLOCK_PAGES > cap && st.vq.in_flight() > 0 {
+                if interrupted() {
+                    end = RoundEnd::Interrupted;
+                    break;
+                }
                 if let Err(e) = self.wait_host(ev, st, Some(id)) {
                     end = e;
                     break;
@@ -484,10 +492,11 @@ impl HintPart {
             if buf.blocks.is_empty() {
                 st.put(buf, false);
                 if walk.is_low() && !walk.is_done() && !interrupted() {
-                    // The zone is at its high watermark, often because of the blocks this
-                    // round holds: wait for the host to give some back, or, holding none,
-                    // leave the zone.
-                    if st.vq.in_flight() > 0 {
+                    // The zone is at its high watermark, often because of the blocks held in
+                    // buffers the host has not used yet: wait for it to give some back, or,
+                    // holding none, leave the zone.
+                    self.reclaim(ev, st);
+                    if st.isolated > 0 && st.vq.in_flight() > 0 {
                         if let Err(e) = self.wait_host(ev, st, Some(id)) {
                             end = e;
                             break;
@@ -618,8 +627,8 @@ fn used(ev: &Events, st: &mut HintState, buf: KBox<HintBuf>, len: u32) {
 }
 
 /// Fills `blocks` from `walk` until it holds `max_pages` (no more block of the largest order
-/// fits) or `max_blocks`, the walk is over or `interrupted` says so (asked between two holds of
-/// a zone lock, never while one is held).
+/// fits) or `max_blocks`, the walk is over or stopped at a zone's high watermark, or
+/// `interrupted` says so (asked between two holds of a zone lock, never while one is held).
 fn fill(
     blocks: &mut HintBlocks,
     walk: &mut HintWalk,
@@ -632,10 +641,10 @@ fn fill(
         && max_pages.saturating_sub(blocks.pages()) >= MAX_BLOCK_PAGES
         && !interrupted()
     {
-        // Nothing taken means the walk moved on (a zone ended or was low, or the frames it
-        // passed were allocated): a block of the largest order still fits, so go on, but send
-        // what is held once the walk has passed a while without finding a block (so the first
-        // blocks do not wait, isolated, for the end of a sparse zone).
+        // Nothing taken, the walk not low, means it moved on (a zone or list ended, or the
+        // frames it passed were allocated): a block of the largest order still fits, so go on,
+        // but send what is held once the walk has passed a while without finding a block (so
+        // the first blocks do not wait, isolated, for the end of a sparse zone).
         if blocks.isolate(walk, max_blocks, max_pages) > 0 {
             idle = 0;
         } else if walk.is_low() {
