@@ -265,12 +265,8 @@ impl HintBlocks {
         let n = (rest.blocks.len() - rest.len).min(blocks.len() - kept);
         let (moved, back) = blocks[kept..].split_at_mut(n);
         for b in moved.iter() {
-            rest.blocks.as_mut_slice()[rest.len] = *b;
-            // INVARIANT: `rest` owns the block from now on; its ranges are rebuilt before use.
-            rest.len += 1;
-            rest.pages += 1u64 << b.order;
+            rest.push(*b);
         }
-        rest.nranges = 0;
         let mut given_back = 0;
         for b in back.iter() {
             given_back += 1u64 << b.order;
@@ -297,16 +293,21 @@ impl HintBlocks {
             from.len -= 1;
             let b = from.blocks.as_slice()[from.len];
             from.pages -= 1u64 << b.order;
-            self.blocks.as_mut_slice()[self.len] = b;
-            // INVARIANT: the block moves from `from` to `self`, which owns it from now on; the
-            // ranges of both are rebuilt before use.
-            self.len += 1;
-            self.pages += 1u64 << b.order;
-        }
-        if n > 0 {
-            self.nranges = 0;
+            // INVARIANT: `from` no longer holds the block (its ranges are rebuilt before use);
+            // `self` owns it from the next line on.
             from.nranges = 0;
+            self.push(b);
         }
+    }
+
+    /// Appends `b`, a block the caller owned and gives up; the caller has checked that there is
+    /// room.
+    fn push(&mut self, b: bindings::page_hinting_block) {
+        self.blocks.as_mut_slice()[self.len] = b;
+        // INVARIANT: `self` owns the block from now on; its ranges are rebuilt before use.
+        self.len += 1;
+        self.pages += 1u64 << b.order;
+        self.nranges = 0;
     }
 
     /// The blocks held as ranges, adjacent ones merged, in ascending order.
