@@ -942,6 +942,35 @@ mod vectors {
                 raw(1, &[(3, 2, 100, &[3, 0, 0, 0, 2, 0, 0, 0])])
             ),
             ("bad-type", raw(1, &[(7, 1, 100, &[])])),
+            // A header alone names nothing and is accepted.
+            ("empty", raw(0, &[])),
+            ("bad-reserved-header", {
+                let mut b = raw(1, &[(1, 16, 100, &[])]);
+                b[1] = 1;
+                b
+            }),
+            ("bad-reserved-record", {
+                let mut b = raw(1, &[(1, 16, 100, &[])]);
+                b[8 + 2] = 1;
+                b
+            }),
+            (
+                "bad-reserved-pad",
+                raw(1, &[(3, 1, 100, &[4, 0, 0, 0, 0, 1, 0, 0])])
+            ),
+            ("bad-bitmap-count", {
+                let words = std::vec![0u8; 32769usize.div_ceil(64) * 8];
+                raw(1, &[(2, 32769, 100, &words)])
+            }),
+            (
+                "bad-list-overflow",
+                raw(1, &[(3, 1, u64::MAX - 2, &[5, 0, 0, 0, 0, 0, 0, 0])])
+            ),
+            // Only the first frame is named, but the bitmap's span passes the limit.
+            (
+                "bad-bitmap-span",
+                raw(1, &[(2, 64, LIMIT - 32, &1u64.to_le_bytes())])
+            ),
             ("bad-trailing", {
                 let mut b = enc(&[r(1, 16)]);
                 b.extend_from_slice(&[0; 8]);

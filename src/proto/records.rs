@@ -20,8 +20,10 @@
 //! record starts at or after the end of the one before it. A decoder checks a whole buffer
 //! before it hands out a single range ([`decode`]), and rejects anything else.
 //!
-//! The encoder ([`encode`]) picks per region whichever record is smallest: runs for runs of at
-//! least [`RUN_MIN_PAGES`], bitmaps where short ranges are dense, frame lists for what is left.
+//! The encoder ([`encode`]) chooses per region by fixed rules, which bound a buffer's size
+//! without minimising it: runs for ranges of at least [`RUN_MIN_PAGES`] (and for a shorter one
+//! that no longer fits a list at the end of the buffer), bitmaps where short ranges are dense
+//! enough to save [`SAVING_MIN`] bytes against the standard format, frame lists for what is left.
 //! A buffer never takes more than the standard format (4 bytes a page) plus [`OVERHEAD_BYTES`]
 //! for the frames below 2^32 it holds.
 
