@@ -460,8 +460,8 @@ impl HintPart {
         // watermark alone is not enough where nothing is reclaimable (no swap, memory in
         // shmem): a burst of allocations then reaches the min watermark and the OOM killer
         // fires while the blocks are lent. Pages still held from an earlier round count as
-        // free here, as they come back.
-        let cap = (mm::free_pages() + st.isolated + st.carry.pages()) / 2;
+        // free here, as they come back (the carry is empty between rounds).
+        let cap = (mm::free_pages() + st.isolated) / 2;
         let mut end = self.send_cmd(ev, st, id, Some(id));
         // Blocks carried over from a full record buffer are sent even once the walk is over.
         while end == RoundEnd::Complete && (!walk.is_done() || !st.carry.is_empty()) {
